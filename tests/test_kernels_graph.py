@@ -1,0 +1,277 @@
+"""jaxrec.kernels.graph against naive NumPy / python references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from jaxrec.kernels import graph as G
+
+
+def _rand_graph(rng, n, e, d=3):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    s = rng.integers(0, n, size=e).astype(np.int32)
+    r = rng.integers(0, n, size=e).astype(np.int32)
+    w = rng.uniform(0.1, 2.0, size=e).astype(np.float32)
+    return x, s, r, w
+
+
+def _ref_propagate(x, s, r, w, n, reduce, edge_mask=None):
+    d = x.shape[1]
+    out = np.zeros((n, d), np.float64)
+    for i in range(n):
+        msgs = [
+            (1.0 if w is None else w[e]) * x[s[e]].astype(np.float64)
+            for e in range(len(s))
+            if r[e] == i and (edge_mask is None or edge_mask[e])
+        ]
+        if not msgs:
+            continue
+        m = np.stack(msgs)
+        out[i] = {"sum": m.sum(0), "mean": m.mean(0), "max": m.max(0)}[reduce]
+    return out
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_propagate_matches_reference(reduce):
+    rng = np.random.default_rng(0)
+    n = 7
+    x, s, r, w = _rand_graph(rng, n, 15)
+    # node 6 isolated (no incoming edges), node 5 only a sender
+    r = np.where(r >= 5, 0, r).astype(np.int32)
+    s[0] = 5
+    f = jax.jit(G.propagate, static_argnames=("num_nodes", "reduce"))
+    for weight in (None, w):
+        got = f(x, s, r, weight, num_nodes=n, reduce=reduce)
+        want = _ref_propagate(x, s, r, weight, n, reduce)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert np.all(np.asarray(got)[5:] == 0) and np.all(np.isfinite(got))
+    em = rng.random(15) < 0.6
+    got = G.propagate(x, s, r, w, n, reduce, edge_mask=em)
+    np.testing.assert_allclose(got, _ref_propagate(x, s, r, w, n, reduce, em), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_propagate_zero_edges(reduce):
+    x = np.ones((4, 2), np.float32)
+    e = np.zeros((0,), np.int32)
+    out = G.propagate(x, e, e, None, 4, reduce)
+    np.testing.assert_array_equal(out, np.zeros((4, 2)))
+    out = G.propagate(x, e, e, np.zeros((0,), np.float32), 4, reduce)
+    np.testing.assert_array_equal(out, np.zeros((4, 2)))
+
+
+def test_propagate_gradient_finite_for_max_with_isolated_nodes():
+    x, s, r, _ = _rand_graph(np.random.default_rng(1), 5, 4)
+    r = np.zeros_like(r)
+    g = jax.grad(lambda x: G.propagate(x, s, r, None, 5, "max").sum())(jnp.asarray(x))
+    assert np.all(np.isfinite(g))
+
+
+def test_spmm_equals_dense_and_coo_roundtrip():
+    rng = np.random.default_rng(2)
+    dense = (rng.random((6, 6)) < 0.4) * rng.uniform(0.5, 2.0, (6, 6))
+    dense[3] = 0  # an empty row
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    # duplicate COO entries are summed
+    coo = sp.coo_matrix(dense)
+    dup = sp.coo_matrix(
+        (np.concatenate([coo.data / 2, coo.data / 2]), (np.tile(coo.row, 2), np.tile(coo.col, 2))), shape=(6, 6)
+    )
+    for m in (dense, coo, dup, sp.csr_matrix(dense)):
+        s, r, w, n = G.edges_from_coo(m)
+        assert n == 6
+        np.testing.assert_allclose(G.spmm(s, r, w, x, n), dense @ x, rtol=1e-5, atol=1e-5)
+    s, r, w, n = G.edges_from_coo(np.zeros((3, 3)))
+    assert s.shape == (0,)
+    np.testing.assert_array_equal(G.spmm(s, r, w, np.ones((3, 2), np.float32), n), np.zeros((3, 2)))
+
+
+def _dense(s, r, w, n):
+    a = np.zeros((n, n))
+    for e in range(len(s)):
+        a[r[e], s[e]] += 1.0 if w is None else w[e]
+    return a
+
+
+def test_row_and_symmetric_norm_vs_dense():
+    rng = np.random.default_rng(3)
+    n = 6
+    _, s, r, w = _rand_graph(rng, n, 12)
+    r = np.where(r == 5, 0, r).astype(np.int32)  # node 5 has zero (row) degree
+    for weight in (None, w):
+        a = _dense(s, r, weight, n)
+        deg = a.sum(1)
+        dinv = np.where(deg > 0, 1 / np.where(deg > 0, deg, 1), 0)
+        s2, r2, nw = G.row_norm_weights(s, r, n, weight)
+        np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), dinv[:, None] * a, rtol=1e-5)
+        dis = np.sqrt(dinv)
+        s2, r2, nw = G.symmetric_norm_weights(s, r, n, weight)
+        np.testing.assert_allclose(
+            _dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), dis[:, None] * a * dis[None, :], rtol=1e-5
+        )
+        assert np.all(np.isfinite(nw))
+        # with self loops: A + I
+        al = a + np.eye(n)
+        dl = al.sum(1)
+        s2, r2, nw = G.symmetric_norm_weights(s, r, n, weight, add_self_loops=True)
+        assert nw.shape == (len(s) + n,)
+        np.testing.assert_allclose(
+            _dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n),
+            al / np.sqrt(dl)[:, None] / np.sqrt(dl)[None, :],
+            rtol=1e-5,
+        )
+        s2, r2, nw = G.row_norm_weights(s, r, n, weight, add_self_loops=True)
+        np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), al / dl[:, None], rtol=1e-5)
+
+
+def test_norm_zero_edges_and_jit():
+    e = np.zeros((0,), np.int32)
+    f = jax.jit(G.symmetric_norm_weights, static_argnames=("num_nodes", "add_self_loops"))
+    s, r, w = f(e, e, num_nodes=3)
+    assert w.shape == (0,)
+    s, r, w = f(e, e, num_nodes=3, add_self_loops=True)
+    np.testing.assert_allclose(w, np.ones(3))
+
+
+def test_c2dsr_graph_matches_official_construction():
+    """C2DSR: directed consecutive-pair counts, row-normalised, H = (E + Â E + b) / 2."""
+    V = 6  # PAD = 5
+    seqs = [[0, 1, 2, 1, 2], [3, 1, 2], [5, 5, 4, 0], [2]]
+    s, r, c = G.transition_edges(seqs, V, pad_id=5)
+    a = np.zeros((V, V))
+    for seq in seqs:
+        seq = [i for i in seq if i != 5]
+        for p, q in zip(seq[:-1], seq[1:]):
+            a[p, q] += 1  # official: adj[prev][cur] += 1 for every occurrence
+    np.testing.assert_allclose(_dense(s, r, c, V), a)
+    rs = a.sum(1, keepdims=True)
+    a_hat = np.where(rs > 0, a / np.where(rs > 0, rs, 1), 0)
+    s2, r2, nw = G.c2dsr_norm_weights(s, r, V, c)
+    np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), V), a_hat, rtol=1e-6)
+    # same COO as the official row-normalised scipy matrix
+    off = sp.coo_matrix(a_hat)
+    s3, r3, w3, _ = G.edges_from_coo(off)
+    np.testing.assert_allclose(_dense(s3, r3, w3, V), a_hat, rtol=1e-6)
+    emb = np.random.default_rng(4).normal(size=(V, 4)).astype(np.float32)
+    b = np.random.default_rng(5).normal(size=(1, 4)).astype(np.float32)
+    got = G.c2dsr_propagate(emb, s2, r2, nw, b)
+    np.testing.assert_allclose(got, (emb + a_hat @ emb + b[0]) / 2, rtol=1e-5, atol=1e-5)
+    b2 = np.stack([b[0], -b[0]])
+    got2 = G.c2dsr_propagate(emb, s2, r2, nw, b2)
+    h1 = a_hat @ emb + b2[0]
+    h2 = a_hat @ h1 + b2[1]
+    np.testing.assert_allclose(got2, (emb + h1 + h2) / 3, rtol=1e-5, atol=1e-5)
+    es, er, ec = G.transition_edges([[1], []], V)
+    assert es.shape == er.shape == ec.shape == (0,)
+    with pytest.raises(ValueError):
+        G.transition_edges([[0, 9]], V)
+
+
+def test_gcn_and_gin_aggregate():
+    rng = np.random.default_rng(6)
+    n = 5
+    a = np.triu((rng.random((n, n)) < 0.5).astype(float), 1)
+    a = a + a.T
+    a[4, :] = a[:, 4] = 0  # isolated node
+    s, r, w, _ = G.edges_from_coo(a)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    at = a + np.eye(n)
+    d = at.sum(1)
+    want = (at / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]) @ x
+    np.testing.assert_allclose(G.gcn_aggregate(x, s, r, n), want, rtol=1e-5, atol=1e-6)
+    d0 = a.sum(1)
+    dis = np.where(d0 > 0, 1 / np.sqrt(np.where(d0 > 0, d0, 1)), 0)
+    np.testing.assert_allclose(
+        G.gcn_aggregate(x, s, r, n, add_self_loops=False), (dis[:, None] * a * dis[None]) @ x, rtol=1e-5, atol=1e-6
+    )
+    for eps in (0.0, 0.3):
+        np.testing.assert_allclose(G.gin_aggregate(x, s, r, n, eps=eps), (1 + eps) * x + a @ x, rtol=1e-5, atol=1e-6)
+    e = np.zeros((0,), np.int32)
+    np.testing.assert_allclose(G.gin_aggregate(x, e, e, n, eps=0.5), 1.5 * x, rtol=1e-6)
+    np.testing.assert_allclose(G.gcn_aggregate(x, e, e, n), x, rtol=1e-6)
+
+
+def _small_graphs(rng):
+    gs = []
+    for n_i, e_i in [(3, 4), (1, 0), (4, 6), (2, 1)]:
+        x = rng.normal(size=(n_i, 2)).astype(np.float32)
+        s = rng.integers(0, n_i, e_i)
+        r = rng.integers(0, n_i, e_i)
+        gs.append((x, s, r))
+    return gs
+
+
+def test_batch_graphs_layout_and_padding_changes_nothing():
+    rng = np.random.default_rng(7)
+    gs = _small_graphs(rng)
+    gb = G.batch_graphs(gs, max_nodes=16, max_edges=20, max_graphs=6)
+    assert gb.nodes.shape == (16, 2) and gb.senders.shape == (20,) and gb.n_node.shape == (6,)
+    np.testing.assert_array_equal(gb.n_node, [3, 1, 4, 2, 0, 0])
+    np.testing.assert_array_equal(gb.n_edge, [4, 0, 6, 1, 0, 0])
+    np.testing.assert_array_equal(gb.graph_index[:10], [0, 0, 0, 1, 2, 2, 2, 2, 3, 3])
+    assert np.all(gb.graph_index[10:] == 6)
+    assert gb.node_mask.sum() == 10 and gb.edge_mask.sum() == 11
+    assert np.all(gb.senders[11:] == 10) and np.all(gb.receivers[11:] == 10) and np.all(gb.edge_weight[11:] == 0)
+    np.testing.assert_array_equal(gb.graph_mask, [1, 1, 1, 1, 0, 0])
+
+    # message passing on the batch == per-graph message passing
+    @jax.jit
+    def step(gb):
+        h = G.gin_aggregate(gb.nodes, gb.senders, gb.receivers, eps=0.1, weight=gb.edge_weight)
+        h2 = G.gcn_aggregate(h, gb.senders, gb.receivers, weight=gb.edge_weight)
+        h3 = G.propagate(h2, gb.senders, gb.receivers, None, reduce="max", edge_mask=gb.edge_mask)
+        return G.graph_readout(h3, gb.graph_index, gb.num_graphs, gb.node_mask, "sum")
+
+    got = np.asarray(step(gb))
+    for gi, (x, s, r) in enumerate(gs):
+        n_i = x.shape[0]
+        h = G.gin_aggregate(x, s, r, n_i, eps=0.1)
+        h2 = G.gcn_aggregate(h, s, r, n_i)
+        h3 = G.propagate(h2, s, r, None, n_i, "max")
+        np.testing.assert_allclose(got[gi], np.asarray(h3).sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[4:], 0)
+
+
+def test_batch_graphs_errors_and_weights():
+    x = np.ones((2, 1), np.float32)
+    with pytest.raises(ValueError, match="max_nodes"):
+        G.batch_graphs([(x, [0], [1])], max_nodes=2, max_edges=4)
+    with pytest.raises(ValueError, match="max_edges"):
+        G.batch_graphs([(x, [0, 1], [1, 0])], max_nodes=3, max_edges=1)
+    with pytest.raises(ValueError, match="out of range"):
+        G.batch_graphs([(x, [0], [2])], max_nodes=3, max_edges=1)
+    with pytest.raises(ValueError, match="max_graphs"):
+        G.batch_graphs([(x, [], []), (x, [], [])], max_nodes=8, max_edges=1, max_graphs=1)
+    gb = G.batch_graphs([(x, [0], [1], [0.5]), (x, [1], [0], [2.0])], max_nodes=5, max_edges=3)
+    np.testing.assert_allclose(gb.edge_weight, [0.5, 2.0, 0.0])
+    np.testing.assert_array_equal(gb.senders, [0, 3, 4])
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_graph_readout_reference(reduce):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    gi = np.array([0, 0, 2, 2, 2, 3, 0, 5, 5])  # graph 1 empty, graph 4 only masked nodes
+    mask = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0], bool)
+    gi[8] = 4
+    f = jax.jit(G.graph_readout, static_argnames=("num_graphs", "reduce"))
+    got = np.asarray(f(x, gi, num_graphs=5, node_mask=mask, reduce=reduce))
+    want = np.zeros((5, 3))
+    for g in range(5):
+        rows = x[(gi == g) & mask]
+        if len(rows):
+            want[g] = {"sum": rows.sum(0), "mean": rows.mean(0), "max": rows.max(0)}[reduce]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # node 7 (graph 5 >= G) is dropped
+
+
+def test_readout_permutation_invariant():
+    rng = np.random.default_rng(9)
+    x, s, r, _ = _rand_graph(rng, 6, 10)
+    perm = rng.permutation(6)
+    inv = np.argsort(perm)
+    h = G.gin_aggregate(x, s, r, 6)
+    hp = G.gin_aggregate(x[perm], inv[s], inv[r], 6)
+    gi = np.zeros(6, np.int32)
+    np.testing.assert_allclose(G.graph_readout(h, gi, 1), G.graph_readout(hp, gi, 1), rtol=1e-5)
