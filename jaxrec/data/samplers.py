@@ -40,24 +40,22 @@ def _as_item_array(items, num_items: int, where: str) -> np.ndarray:
 
 
 def _sample_excluding(rng: np.random.Generator, num_items: int, exclude: np.ndarray, n: int) -> np.ndarray:
-    """``n`` distinct items of ``1..num_items`` minus sorted ``exclude``, uniformly, in random order."""
+    """``n`` distinct items of ``1..num_items`` minus sorted ``exclude``, uniformly, in random order.
+
+    Draws ``n + len(exclude)`` distinct items (a uniformly random ordered subset), drops the excluded ones
+    and keeps the first ``n``: a uniformly random ordered ``n``-subset of the allowed items.
+    """
     allowed = num_items - exclude.size
     if n > allowed:
         raise DataError("fixed_eval_negatives", "not enough negatives", field="num_negatives",
                         expected=f"at most {allowed} (items {num_items} minus {exclude.size} positives)", got=n)
     if n == 0:
         return np.zeros(0, np.int64)
-    if 2 * n > allowed:  # dense: draw from the complement
-        comp = np.setdiff1d(np.arange(1, num_items + 1, dtype=np.int64), exclude, assume_unique=True)
-        return rng.choice(comp, size=n, replace=False)
-    out = np.zeros(0, np.int64)
-    while out.size < n:  # rejection; each round accepts >= half of the candidates in expectation
-        cand = rng.integers(1, num_items + 1, size=2 * (n - out.size) + 16, dtype=np.int64)
-        cand = cand[~np.isin(cand, exclude)]
-        merged = np.concatenate([out, cand])
-        _, first = np.unique(merged, return_index=True)
-        out = merged[np.sort(first)]  # distinct, in draw order
-    return out[:n]
+    cand = rng.choice(num_items, size=min(num_items, n + exclude.size), replace=False) + 1
+    if exclude.size:  # membership by binary search in the sorted exclusions (np.isin is slow on small arrays)
+        hit = exclude[np.minimum(np.searchsorted(exclude, cand), exclude.size - 1)] == cand
+        cand = cand[~hit]
+    return cand[:n].astype(np.int64)
 
 
 def fixed_eval_negatives(user_ids, positives, num_items: int, num_negatives: int, seed: int) -> np.ndarray:
