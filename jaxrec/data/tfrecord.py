@@ -113,23 +113,22 @@ def crc32c_many(buffers: Sequence[bytes], *, chunk_rows: int = 4096) -> np.ndarr
         idx = order[start:start + chunk_rows]
         lens = lengths[idx]
         max_len = int(lens[0]) if len(lens) else 0
-        mat = np.zeros((len(idx), max_len), dtype=np.uint8)
+        # byte matrix [position, buffer]: column r holds buffer idx[r], so mat_t[j, :k] is contiguous
+        mat_t = np.zeros((max_len, len(idx)), dtype=np.uint8)
         for r, i in enumerate(idx):
             b = buffers[i]
             if len(b):
-                mat[r, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+                mat_t[: len(b), r] = np.frombuffer(b, dtype=np.uint8)
         # number of active rows at each position j: rows with len > j (lens sorted descending)
         active = np.searchsorted(-lens, -np.arange(max_len), side="left")  # count of lens > j
         crc = np.full(len(idx), 0xFFFFFFFF, dtype=np.uint32)
         table = _TABLE_NP
         eight = np.uint32(8)
         ff = np.uint32(0xFF)
-        # column-major copy so that mat[:, j] is contiguous
-        matT = np.ascontiguousarray(mat.T)
         for j in range(max_len):
             k = int(active[j])
             c = crc[:k]
-            crc[:k] = table[(c ^ matT[j, :k]) & ff] ^ (c >> eight)
+            crc[:k] = table[(c ^ mat_t[j, :k]) & ff] ^ (c >> eight)
         out[idx] = crc ^ np.uint32(0xFFFFFFFF)
     return out
 
@@ -296,6 +295,8 @@ def decode_varints(buf: bytes) -> np.ndarray:
     b = np.frombuffer(buf, dtype=np.uint8)
     if b.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if b.max() < 0x80:  # every varint is one byte (e.g. small ids)
+        return b.astype(np.int64)
     ends = np.nonzero(b < 0x80)[0]
     if ends.size == 0 or ends[-1] != b.size - 1:
         raise _ProtoError("truncated packed varint")
