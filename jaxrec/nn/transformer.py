@@ -1,0 +1,687 @@
+"""Transformer blocks (Flax Linen) over ``jaxrec.kernels.attention``.
+
+Blocks: :class:`RMSNorm` (LayerNorm is ``flax.linen.LayerNorm``, built by :func:`make_norm` with logical
+axis names), :class:`MultiHeadAttention` (self / cross / decode with a KV cache, optional RoPE),
+:class:`FeedForward` (gelu / relu / swiglu), :class:`TransformerBlock` and :class:`TransformerStack`.
+
+One block class covers the sequence encoders of the papers by configuration:
+
+- **SASRec / C2DSR** (``sasrec_style=True``, see :func:`sasrec_config`): ``q = LN(x)``;
+  ``x = q + MHA(query=q, key=x, value=x)`` (keys/values *not* normalised, residual from the normalised
+  query); ``x = LN(x)``; ``x = x + Dropout(W2 ReLU(Dropout(W1 x + b1)) + b2)``; ``x = x * valid`` after every
+  block (``zero_padding_outputs``); final LayerNorm in the stack. C2DSR uses a causal mask only, without a
+  key-padding mask (``mask_keys_with_valid=False``), LayerNorm eps 1e-8.
+- **KuaiFormer / Llama** (see :func:`llama_config`): pre-norm, RMSNorm, SwiGLU, RoPE, no biases, causal.
+- Classic pre-norm or post-norm Transformer (``pre_norm``), LayerNorm or RMSNorm (``norm``).
+
+Logical axis names carried by every parameter (map them to mesh axes with ``logical_axis_rules`` in config):
+
+- ``"embed"``: model width ``D`` (norm scales/biases, projection inputs/outputs, FFN input/output);
+- ``"mlp"``: feed-forward hidden width ``F``;
+- ``"heads"``: attention heads ``H``;
+- ``"kv"``: per-head width ``Dh``;
+- ``"vocab"``: vocabulary rows of embedding tables (used by ``jaxrec.nn`` embeddings, not here).
+
+Parameter shapes: attention ``query/key/value/kernel [D, H, Dh]`` ("embed", "heads", "kv"), their biases
+``[H, Dh]`` ("heads", "kv"); ``out/kernel [H, Dh, D]`` ("heads", "kv", "embed"), ``out/bias [D]``;
+FFN ``wi``, ``wi_gate`` ``[D, F]`` ("embed", "mlp"), ``wo [F, D]`` ("mlp", "embed"); norms ``scale``,
+``bias`` ``[D]`` ("embed",).
+
+Shapes: inputs ``x [B, L, D]``; ``valid [B, L]`` bool (True at real tokens); masks are boolean, broadcastable
+to ``[B, H, Lq, Lk]`` (True = may attend). Kernel initialisers are called with the *flattened 2-D* shape
+``(fan_in, fan_out)`` (as ``nn.DenseGeneral`` does), so ``nn.initializers.xavier_uniform()`` etc. behave as
+for a ``Dense`` layer of the same total size.
+
+Incremental decoding (Flax ``"cache"`` collection): create the cache with
+``variables = model.init(rng, jnp.zeros((B, Lmax, D)), decode=True)`` (or ``jax.eval_shape`` of it) and take
+``variables["cache"]``; then call ``model.apply({"params": p, "cache": c}, x_new [B, T, D], decode=True,
+causal=True, mutable=["cache"])`` repeatedly. Output equals the full causal forward over the whole
+sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.kernels import attention as attn_kernels
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+__all__ = [
+    "uniform_init",
+    "torch_mha_inits",
+    "torch_linear_init",
+    "RMSNorm",
+    "make_norm",
+    "rope",
+    "MultiHeadAttention",
+    "FeedForward",
+    "TransformerBlock",
+    "TransformerStack",
+    "sasrec_config",
+    "llama_config",
+]
+
+rope = attn_kernels.rope  # re-exported: rope(x [B, L, H, Dh], positions [B, L] | [L], base=...)
+
+default_kernel_init = nn.initializers.lecun_normal()
+zeros_init = nn.initializers.zeros_init()
+ones_init = nn.initializers.ones_init()
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisers
+# --------------------------------------------------------------------------------------------------
+
+
+def uniform_init(bound: float) -> Initializer:
+    """U(-bound, bound) initialiser (PyTorch-style)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_mha_inits(d_model: int) -> dict:
+    """Initialisers matching ``torch.nn.MultiheadAttention(d_model, ...)``.
+
+    In-projection: xavier-uniform over the packed ``(3d, d)`` matrix, i.e. U(+-sqrt(6 / (4d))) for each of
+    Q, K, V; out-projection U(+-1/sqrt(d)) (kaiming-uniform, a = sqrt 5); all biases zero. Returns kwargs
+    ``kernel_init``, ``out_kernel_init``, ``bias_init`` for :class:`MultiHeadAttention` / blocks.
+    """
+    return {
+        "kernel_init": uniform_init(math.sqrt(6.0 / (4.0 * d_model))),
+        "out_kernel_init": uniform_init(1.0 / math.sqrt(d_model)),
+        "bias_init": zeros_init,
+    }
+
+
+def torch_linear_init(fan_in: int) -> Initializer:
+    """``torch.nn.Linear`` / ``Conv1d(kernel 1)`` weight and bias init: U(+-1/sqrt(fan_in))."""
+    return uniform_init(1.0 / math.sqrt(fan_in))
+
+
+def _flat_init(init: Initializer, n_in: int) -> Initializer:
+    """Call ``init`` on the flattened ``(prod(shape[:n_in]), prod(shape[n_in:]))`` shape, then reshape."""
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        flat = (int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:])))
+        if n_in == 0:
+            flat = (flat[1],)
+        return jnp.reshape(init(key, flat, dtype), shape)
+
+    return wrapped
+
+
+def _part(init: Initializer, axes: tuple[str, ...]) -> Initializer:
+    return nn.with_logical_partitioning(init, axes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Norms
+# --------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: ``x / sqrt(mean(x**2, -1) + eps) * scale`` (computed in float32).
+
+    Input/output ``[..., D]``; parameter ``scale [D]`` ("embed",).
+    """
+
+    epsilon: float = 1e-6
+    use_scale: bool = True
+    scale_init: Initializer = ones_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dtype = self.dtype or x.dtype
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.epsilon)
+        if self.use_scale:
+            scale = self.param("scale", _part(self.scale_init, ("embed",)), (x.shape[-1],), self.param_dtype)
+            y = y * scale.astype(jnp.float32)
+        return y.astype(dtype)
+
+
+def make_norm(kind: str = "layer", epsilon: float = 1e-6, dtype=None, param_dtype=jnp.float32, name=None) -> nn.Module:
+    """``"layer"`` -> ``nn.LayerNorm`` (scale and bias tagged ("embed",)); ``"rms"`` -> :class:`RMSNorm`."""
+    if kind == "layer":
+        return nn.LayerNorm(
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scale_init=_part(ones_init, ("embed",)),
+            bias_init=_part(zeros_init, ("embed",)),
+            name=name,
+        )
+    if kind == "rms":
+        return RMSNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
+    raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Projections
+# --------------------------------------------------------------------------------------------------
+
+
+class _HeadsIn(nn.Module):
+    """``[..., D] -> [..., H, Dh]``; kernel ``[D, H, Dh]`` ("embed", "heads", "kv")."""
+
+    num_heads: int
+    head_dim: int
+    use_bias: bool
+    kernel_init: Initializer
+    bias_init: Initializer
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-1], self.num_heads, self.head_dim)
+        kernel = self.param("kernel", _part(_flat_init(self.kernel_init, 1), ("embed", "heads", "kv")), shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", _part(_flat_init(self.bias_init, 0), ("heads", "kv")), shape[1:], self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("...d,dhk->...hk", x, kernel, precision=self.precision)
+        return y if bias is None else y + bias
+
+
+class _HeadsOut(nn.Module):
+    """``[..., H, Dh] -> [..., D]``; kernel ``[H, Dh, D]`` ("heads", "kv", "embed")."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Initializer
+    bias_init: Initializer
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-2], x.shape[-1], self.features)
+        kernel = self.param("kernel", _part(_flat_init(self.kernel_init, 2), ("heads", "kv", "embed")), shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", _part(self.bias_init, ("embed",)), (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("...hk,hkd->...d", x, kernel, precision=self.precision)
+        return y if bias is None else y + bias
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over :func:`jaxrec.kernels.attention.dot_product_attention`.
+
+    Self-attention (``inputs_kv=None``), cross-attention (separate ``inputs_kv``) and incremental decoding
+    (``decode=True``: projected, RoPE-rotated keys/values are kept in the ``"cache"`` collection).
+
+    Attributes:
+      num_heads: ``H``.
+      head_dim: ``Dh`` (query/key/value head width).
+      dropout_rate: dropout on the attention weights (needs the ``"dropout"`` rng when not deterministic).
+      use_rope: rotate queries and keys with RoPE (positions default to ``0..L-1``, or the cache offset when
+        decoding).
+      rope_base: RoPE frequency base.
+      use_bias: biases on the Q/K/V and output projections.
+      out_features: output width (default: the width of ``inputs_q``).
+      kernel_init: Q/K/V kernel init (called on the flat ``(D, H*Dh)`` shape).
+      out_kernel_init: output kernel init (flat ``(H*Dh, D)``); default ``kernel_init``.
+      bias_init: bias init.
+      dtype / param_dtype / precision: computation dtype (default: promoted input dtype), parameter dtype,
+        einsum precision. Softmax is always float32.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    use_rope: bool = False
+    rope_base: float = 10000.0
+    use_bias: bool = False
+    out_features: int | None = None
+    kernel_init: Initializer = default_kernel_init
+    out_kernel_init: Initializer | None = None
+    bias_init: Initializer = zeros_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None = None,
+        *,
+        valid: Array | None = None,
+        causal: bool = False,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        positions_q: Array | None = None,
+        positions_kv: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        """Attend.
+
+        Args:
+          inputs_q: ``[B, Lq, D]``.
+          inputs_kv: ``[B, Lk, Dkv]`` (default ``inputs_q``). When decoding, it holds the key/value inputs of
+            the *new* tokens (``Lk = Lq = T``), e.g. the un-normalised stream of a SASRec-style block.
+          valid: ``[B, Lk]`` key validity (padding keys are never attended). When decoding: validity of the
+            new tokens, stored in the cache.
+          causal: query ``i`` attends keys ``<= i`` (decode: ``<= cache length + i``). Self-attention only.
+          mask: extra bool mask broadcastable to ``[B, H, Lq, Lk]`` (decode: ``[B, H, T, Lmax]``).
+          bias: additive logit bias broadcastable to ``[B, H, Lq, Lk]``.
+          positions_q / positions_kv: ``[B, L]`` or ``[L]`` RoPE positions (defaults described above).
+          deterministic: disable dropout.
+          decode: incremental decoding with the ``"cache"`` collection (see the module docstring). During
+            ``init`` the cache is created with ``Lmax = Lq`` and the call runs as a normal forward.
+
+        Returns:
+          ``[B, Lq, out_features or D]``.
+        """
+        if inputs_kv is None:
+            inputs_kv = inputs_q
+        features = self.out_features or inputs_q.shape[-1]
+        proj = dict(
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+        )
+        q = _HeadsIn(name="query", **proj)(inputs_q)  # [B, Lq, H, Dh]
+        k = _HeadsIn(name="key", **proj)(inputs_kv)  # [B, Lk, H, Dh]
+        v = _HeadsIn(name="value", **proj)(inputs_kv)  # [B, Lk, H, Dh]
+        batch, q_len = q.shape[:2]
+        kv_len = k.shape[1]
+
+        dropout_rng = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        kernel_kwargs = dict(
+            dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng,
+            deterministic=deterministic,
+            precision=self.precision,
+        )
+
+        cache_ready = False
+        if decode:
+            cache_ready = self.has_variable("cache", "cached_key")
+            if cache_ready and kv_len != q_len:
+                raise ValueError("decode: inputs_kv must hold the new tokens (same length as inputs_q)")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+            cached_valid = self.variable("cache", "cached_valid", jnp.zeros, (batch, kv_len), bool)
+            cache_length = self.variable("cache", "cache_length", jnp.zeros, (batch,), jnp.int32)
+
+        if self.use_rope:
+            if cache_ready:
+                default_pos = cache_length.value[:, None] + jnp.arange(q_len, dtype=jnp.int32)
+                pq = default_pos if positions_q is None else positions_q
+                pk = default_pos if positions_kv is None else positions_kv
+            else:
+                pq = jnp.arange(q_len) if positions_q is None else positions_q
+                pk = jnp.arange(kv_len) if positions_kv is None else positions_kv
+            q = attn_kernels.rope(q, pq, base=self.rope_base)
+            k = attn_kernels.rope(k, pk, base=self.rope_base)
+
+        if cache_ready:
+            cache = attn_kernels.KVCache(cached_key.value, cached_value.value, cached_valid.value, cache_length.value)
+            out, cache = attn_kernels.attention_with_cache(
+                q, k, v, cache, valid_new=valid, causal=causal, mask=mask, bias=bias, **kernel_kwargs
+            )
+            cached_key.value, cached_value.value = cache.keys, cache.values
+            cached_valid.value, cache_length.value = cache.valid, cache.length
+        else:
+            full_mask = attn_kernels.combine_masks(
+                None if valid is None else attn_kernels.padding_mask(valid),
+                attn_kernels.causal_mask(q_len, kv_len) if causal else None,
+                mask,
+            )
+            out = attn_kernels.dot_product_attention(q, k, v, full_mask, bias, **kernel_kwargs)
+
+        return _HeadsOut(
+            features=features,
+            use_bias=self.use_bias,
+            kernel_init=self.out_kernel_init or self.kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name="out",
+        )(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Feed-forward
+# --------------------------------------------------------------------------------------------------
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward ``[..., D] -> [..., out_features or D]``.
+
+    - ``"relu"`` / ``"gelu"``: ``wo(drop(act(wi x + bi))) + bo`` (gelu is the exact erf form, as PyTorch);
+    - ``"swiglu"``: ``wo(drop(silu(wi_gate x) * wi x))`` (Llama; usually ``use_bias=False``).
+
+    Attributes:
+      hidden: ``F``, the hidden width.
+      kind: "gelu" | "relu" | "swiglu".
+      dropout_rate: dropout on the hidden activations.
+      use_bias, kernel_init, bias_init, out_features, dtype, param_dtype, precision: as usual.
+    """
+
+    hidden: int
+    kind: str = "gelu"
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    out_features: int | None = None
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = zeros_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        if self.kind not in ("gelu", "relu", "swiglu"):
+            raise ValueError(f"FeedForward kind must be 'gelu', 'relu' or 'swiglu', got {self.kind!r}")
+        features = self.out_features or x.shape[-1]
+
+        def dense(n, axes, name):
+            return nn.Dense(
+                n,
+                use_bias=self.use_bias,
+                kernel_init=_part(self.kernel_init, axes),
+                bias_init=_part(self.bias_init, axes[1:]),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                name=name,
+            )
+
+        h = dense(self.hidden, ("embed", "mlp"), "wi")(x)
+        if self.kind == "relu":
+            h = jax.nn.relu(h)
+        elif self.kind == "gelu":
+            h = jax.nn.gelu(h, approximate=False)
+        else:
+            h = jax.nn.silu(dense(self.hidden, ("embed", "mlp"), "wi_gate")(x)) * h
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return dense(features, ("mlp", "embed"), "wo")(h)
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class _BlockFields(nn.Module):
+    """Configuration shared by :class:`TransformerBlock` and :class:`TransformerStack`.
+
+    Attributes:
+      num_heads, head_dim: attention heads and per-head width.
+      mlp_dim: feed-forward hidden width.
+      pre_norm: True: ``x + f(norm(x))``; False (post-norm): ``norm(x + f(x))``. Ignored when
+        ``sasrec_style``.
+      norm: "layer" | "rms"; norm_epsilon: its epsilon.
+      ffn_kind: "gelu" | "relu" | "swiglu".
+      sasrec_style: SASRec/C2DSR block (module docstring): query normalised, keys/values raw, residuals from
+        the normalised streams.
+      use_rope, rope_base: rotary embedding in attention.
+      use_bias: attention projection biases; ffn_use_bias: FFN biases.
+      dropout_rate: default for every dropout below that is None.
+      attention_dropout_rate: on attention weights.
+      attention_output_dropout_rate: on the attention sub-layer output before the residual add (SASRec: 0).
+      ffn_hidden_dropout_rate: inside the FFN, on the hidden activations.
+      ffn_output_dropout_rate: on the FFN sub-layer output before the residual add.
+      mask_keys_with_valid: use ``valid`` as a key-padding mask (C2DSR parity: False, causal mask only).
+      zero_padding_outputs: multiply the block output by ``valid`` (SASRec's timeline mask).
+      kernel_init / out_kernel_init / bias_init: attention initialisers (see :class:`MultiHeadAttention`).
+      ffn_kernel_init / ffn_bias_init: FFN initialisers.
+      dtype / param_dtype: computation and parameter dtypes.
+    """
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    pre_norm: bool = True
+    norm: str = "layer"
+    norm_epsilon: float = 1e-6
+    ffn_kind: str = "gelu"
+    sasrec_style: bool = False
+    use_rope: bool = False
+    rope_base: float = 10000.0
+    use_bias: bool = True
+    ffn_use_bias: bool = True
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float | None = None
+    attention_output_dropout_rate: float | None = None
+    ffn_hidden_dropout_rate: float | None = None
+    ffn_output_dropout_rate: float | None = None
+    mask_keys_with_valid: bool = True
+    zero_padding_outputs: bool = False
+    kernel_init: Initializer = default_kernel_init
+    out_kernel_init: Initializer | None = None
+    bias_init: Initializer = zeros_init
+    ffn_kernel_init: Initializer = default_kernel_init
+    ffn_bias_init: Initializer = zeros_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _rate(self, r: float | None) -> float:
+        return self.dropout_rate if r is None else r
+
+
+class TransformerBlock(_BlockFields):
+    """One Transformer layer (attention + feed-forward); configuration in :class:`_BlockFields`."""
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        valid: Array | None = None,
+        *,
+        causal: bool = False,
+        mask: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        """Apply the block.
+
+        Args:
+          x: ``[B, L, D]`` (decode: the ``T`` new tokens ``[B, T, D]``).
+          valid: ``[B, L]`` bool, True at real tokens (key padding mask if ``mask_keys_with_valid``; output
+            zeroing if ``zero_padding_outputs``).
+          causal: causal self-attention.
+          mask: extra attention mask broadcastable to ``[B, H, L, L]``.
+          positions: RoPE positions ``[B, L]`` or ``[L]`` (default ``0..L-1`` / cache offset when decoding).
+          deterministic: disable dropout (else needs the ``"dropout"`` rng).
+          decode: incremental decoding with the attention KV cache.
+
+        Returns:
+          ``[B, L, D]``.
+        """
+        norm = lambda name: make_norm(self.norm, self.norm_epsilon, self.dtype, self.param_dtype, name=name)
+        attention = MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            dropout_rate=self._rate(self.attention_dropout_rate),
+            use_rope=self.use_rope,
+            rope_base=self.rope_base,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            out_kernel_init=self.out_kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )
+        ffn = FeedForward(
+            hidden=self.mlp_dim,
+            kind=self.ffn_kind,
+            dropout_rate=self._rate(self.ffn_hidden_dropout_rate),
+            use_bias=self.ffn_use_bias,
+            kernel_init=self.ffn_kernel_init,
+            bias_init=self.ffn_bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="ffn",
+        )
+        attn_drop = nn.Dropout(self._rate(self.attention_output_dropout_rate))
+        ffn_drop = nn.Dropout(self._rate(self.ffn_output_dropout_rate))
+        key_valid = valid if self.mask_keys_with_valid else None
+
+        def attend(h_q, h_kv=None):
+            a = attention(
+                h_q,
+                h_kv,
+                valid=key_valid,
+                causal=causal,
+                mask=mask,
+                positions_q=positions,
+                positions_kv=positions,
+                deterministic=deterministic,
+                decode=decode,
+            )
+            return attn_drop(a, deterministic=deterministic)
+
+        def feed(h):
+            return ffn_drop(ffn(h, deterministic=deterministic), deterministic=deterministic)
+
+        if self.sasrec_style:
+            q = norm("attn_norm")(x)
+            x = q + attend(q, x)
+            x = norm("ffn_norm")(x)
+            x = x + feed(x)
+        elif self.pre_norm:
+            x = x + attend(norm("attn_norm")(x))
+            x = x + feed(norm("ffn_norm")(x))
+        else:
+            x = norm("attn_norm")(x + attend(x))
+            x = norm("ffn_norm")(x + feed(x))
+        if self.zero_padding_outputs and valid is not None:
+            x = x * jnp.asarray(valid, x.dtype)[..., None]
+        return x
+
+
+_BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(_BlockFields) if f.name not in ("parent", "name"))
+
+
+class TransformerStack(_BlockFields):
+    """``num_layers`` :class:`TransformerBlock` s (``layer_0`` ...) plus an optional final norm.
+
+    Attributes (besides the block configuration of :class:`_BlockFields`):
+      num_layers: number of blocks.
+      final_norm: apply a final norm (``final_norm`` submodule); default True for pre-norm and SASRec-style
+        stacks, False for post-norm.
+    """
+
+    num_layers: int = 2
+    final_norm: bool | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        valid: Array | None = None,
+        *,
+        causal: bool = False,
+        mask: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        """``x [B, L, D] -> [B, L, D]``; arguments as :meth:`TransformerBlock.__call__`."""
+        cfg = {name: getattr(self, name) for name in _BLOCK_FIELDS}
+        for i in range(self.num_layers):
+            x = TransformerBlock(**cfg, name=f"layer_{i}")(
+                x, valid, causal=causal, mask=mask, positions=positions, deterministic=deterministic, decode=decode
+            )
+        final = self.final_norm if self.final_norm is not None else (self.pre_norm or self.sasrec_style)
+        if final:
+            x = make_norm(self.norm, self.norm_epsilon, self.dtype, self.param_dtype, name="final_norm")(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+
+
+def sasrec_config(d_model: int, num_heads: int = 1, dropout_rate: float = 0.2, num_layers: int = 2, epsilon: float = 1e-8) -> dict:
+    """Keyword arguments for :class:`TransformerStack` reproducing SASRec-pytorch / C2DSR's encoder.
+
+    Pre-LN query, raw keys/values, ReLU point-wise FFN of width ``d_model`` (Conv1d k=1 == Dense) with
+    biases, attention-weight dropout and FFN dropouts ``dropout_rate``, no dropout on the attention output,
+    causal mask only (call with ``causal=True``, ``valid`` = non-PAD positions: used for the timeline mask, not
+    as a key mask), final LayerNorm, PyTorch initialisers. Input scaling, positional embeddings, input dropout
+    and the initial ``x * valid`` belong to the model.
+    """
+    return dict(
+        num_heads=num_heads,
+        head_dim=d_model // num_heads,
+        mlp_dim=d_model,
+        num_layers=num_layers,
+        norm="layer",
+        norm_epsilon=epsilon,
+        ffn_kind="relu",
+        sasrec_style=True,
+        use_bias=True,
+        ffn_use_bias=True,
+        dropout_rate=dropout_rate,
+        attention_output_dropout_rate=0.0,
+        mask_keys_with_valid=False,
+        zero_padding_outputs=True,
+        final_norm=True,
+        ffn_kernel_init=torch_linear_init(d_model),
+        ffn_bias_init=torch_linear_init(d_model),
+        **torch_mha_inits(d_model),
+    )
+
+
+def llama_config(d_model: int, num_heads: int, num_layers: int, mlp_dim: int | None = None, dropout_rate: float = 0.0) -> dict:
+    """Keyword arguments for :class:`TransformerStack`: Llama-style (KuaiFormer default) decoder.
+
+    Pre-norm RMSNorm (eps 1e-6), SwiGLU FFN (default width ``round(8/3 * d_model)`` to a multiple of 8), RoPE,
+    no biases, final RMSNorm. Call with ``causal=True``.
+    """
+    if mlp_dim is None:
+        mlp_dim = int(8 * ((8 * d_model / 3 + 7) // 8))
+    return dict(
+        num_heads=num_heads,
+        head_dim=d_model // num_heads,
+        mlp_dim=mlp_dim,
+        num_layers=num_layers,
+        pre_norm=True,
+        norm="rms",
+        norm_epsilon=1e-6,
+        ffn_kind="swiglu",
+        use_rope=True,
+        use_bias=False,
+        ffn_use_bias=False,
+        dropout_rate=dropout_rate,
+        final_norm=True,
+    )
