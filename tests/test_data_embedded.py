@@ -35,6 +35,7 @@ def splits(tmp_path_factory):
         out = {s: catalog.load("kuairand_embedded", s, data_dir=data_dir) for s in emb.SPLITS}
     finally:
         mp.undo()
+    out["data_dir"] = data_dir
     return out
 
 
@@ -104,6 +105,18 @@ def test_leave_one_out_splits(splits, events):
         assert te["timestamps"].shape == te["items"].shape and (np.diff(te["timestamps"]) >= 0).all()
         assert not te["domains"].any() and te["target_domain"] == 0 and not te["overlap"]
         assert len(tr["items"]) >= 2
+
+
+def test_catalog_info_and_stats(splits):
+    i = catalog.info("kuairand_embedded", data_dir=splits["data_dir"])
+    assert (i.num_users, i.num_items) == (emb.STATS["users"], emb.STATS["items"])
+    assert i.split_sizes == {s: emb.STATS["users"] for s in emb.SPLITS}
+    assert set(i.metadata["checksums"]) == {emb.EVENTS_FILE, emb.ITEM_MAP_FILE, emb.USER_MAP_FILE, "LICENSE"}
+    st = catalog.stats("kuairand_embedded", data_dir=splits["data_dir"])
+    assert {k: st[k] for k in ("users", "items", "interactions")} == emb.STATS
+    drops = next(iter(st["drops"].values()))
+    f = emb.metadata()["filtering"]
+    assert drops["user with fewer than 5 distinct clicked videos"]["count"] == f["users_dropped_fewer_than_5_positives"]
 
 
 def _write_events(path, rows):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -221,6 +222,42 @@ def metadata(raw_dir: str | os.PathLike | None = None) -> dict:
     return json.loads(path.read_text())
 
 
+def builder_metadata(raw_dir: str | os.PathLike | None = None, events: Events | None = None) -> dict:
+    """The catalogue's builder-metadata convention (``num_users``, ``num_items``, ``stats``, ``drops``, ...)
+    for the files in ``raw_dir``; checks the files against the sha256 sums in ``metadata.json`` when present."""
+    src = pathlib.Path(raw_dir or PACKAGE_DIR)
+    events = events if events is not None else read_events(src)
+    st = compute_stats(events)
+    md = {
+        "num_users": events.num_users,
+        "num_items": events.num_items,
+        "domain_names": [],
+        "domain_item_ranges": None,
+        "stats": {"users": st["users"], "items": st["items"], "interactions": st["interactions"],
+                  "seq_len_min": st["seq_len_min"], "seq_len_mean": st["seq_len_mean"],
+                  "seq_len_max": st["seq_len_max"],
+                  "splits": {s: {"records": st["users"]} for s in SPLITS}},
+        "drops": {},
+        "checksums": {},
+    }
+    if (src / METADATA_FILE).is_file():
+        meta = metadata(src)
+        for name, digest in meta.get("files", {}).items():
+            got = hashlib.sha256((src / name).read_bytes()).hexdigest()
+            if got != digest:
+                raise DataError(src / name, "checksum mismatch", expected=f"sha256 {digest} (metadata.json)", got=got)
+            md["checksums"][name] = digest
+        f = meta.get("filtering", {})
+        k = f.get("min_positives_per_user", MIN_SEQ_LEN)
+        src_file = meta.get("source", {}).get("file", "KuaiRand-Pure log")
+        reasons = {"repeat click on the same video (first kept)": f.get("repeat_clicks_removed", 0),
+                   "user without any click": f.get("users_without_positive", 0),
+                   f"user with fewer than {k} distinct clicked videos": f.get(f"users_dropped_fewer_than_{k}_positives", 0)}
+        md["drops"] = {src_file: {r: {"count": int(c), "examples": []} for r, c in reasons.items() if c}}
+        md["positive_definition"] = meta.get("positive_definition")
+    return md
+
+
 def _tfds():
     import tensorflow_datasets as tfds
 
@@ -233,8 +270,9 @@ def _builder_class():
     class KuairandEmbedded(tfds.core.GeneratorBasedBuilder):
         """KuaiRand-Pure clicks, leave-one-out sequences (see ``jaxrec.data.builders.embedded``)."""
 
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES = {"1.0.0": "KuaiRand-Pure 2022-04-25..05-08 clicks, users with >= 5 distinct clicked videos."}
+        VERSION = tfds.core.Version("1.1.0")
+        RELEASE_NOTES = {"1.0.0": "KuaiRand-Pure 2022-04-25..05-08 clicks, users with >= 5 distinct clicked videos.",
+                         "1.1.0": "Builder metadata (num_users, num_items, stats, drops, checksums)."}
         # No download checksums file. Also avoids tfds 4.9.10's code_path lookup, which imports the
         # `importlib_resources` backport (absent here) for builders defined in an installed package.
         code_path = None
@@ -262,12 +300,14 @@ def _builder_class():
                 homepage="https://kuairand.com",
                 citation=CITATION,
                 license="CC BY-SA 4.0 (derived from KuaiRand-Pure; see jaxrec/data/embedded/README.md)",
+                metadata=tfds.core.MetadataDict(),
                 disable_shuffling=True,
             )
 
         def _split_generators(self, dl_manager):
             del dl_manager
             events = read_events(self._raw_dir)
+            self.info.metadata.update(builder_metadata(self._raw_dir, events))
             return {s: self._generate_examples(events, s) for s in SPLITS}
 
         def _generate_examples(self, events, split):
@@ -303,4 +343,5 @@ catalog.register(catalog.DatasetSpec(
     raw_subdir=str(PACKAGE_DIR),
     licence="CC BY-SA 4.0 (derived from KuaiRand-Pure, Gao et al. CIKM 2022; shipped in the package)",
     source_stats=dict(STATS),
+    description="KuaiRand-Pure clicks (2022-04-25..05-08), leave-one-out sequences; shipped in the package.",
 ))
