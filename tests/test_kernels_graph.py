@@ -33,39 +33,52 @@ def _ref_propagate(x, s, r, w, n, reduce, edge_mask=None):
     return out
 
 
-@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
-def test_propagate_matches_reference(reduce):
+REDUCES = ("sum", "mean", "max")
+
+
+def test_propagate_matches_reference():
     rng = np.random.default_rng(0)
     n = 7
     x, s, r, w = _rand_graph(rng, n, 15)
     # node 6 isolated (no incoming edges), node 5 only a sender
     r = np.where(r >= 5, 0, r).astype(np.int32)
     s[0] = 5
-    f = jax.jit(G.propagate, static_argnames=("num_nodes", "reduce"))
-    for weight in (None, w):
-        got = f(x, s, r, weight, num_nodes=n, reduce=reduce)
-        want = _ref_propagate(x, s, r, weight, n, reduce)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        assert np.all(np.asarray(got)[5:] == 0) and np.all(np.isfinite(got))
     em = rng.random(15) < 0.6
-    got = G.propagate(x, s, r, w, n, reduce, edge_mask=em)
-    np.testing.assert_allclose(got, _ref_propagate(x, s, r, w, n, reduce, em), rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def run(x, s, r, w, em):  # every variant in one compilation (keeps the test fast)
+        return {
+            (red, kind): G.propagate(x, s, r, weight=ww, num_nodes=n, reduce=red, edge_mask=mm)
+            for red in REDUCES
+            for kind, ww, mm in (("none", None, None), ("w", w, None), ("w+mask", w, em))
+        }
+
+    got = run(x, s, r, w, em)
+    for red in REDUCES:
+        for kind, weight, mask in (("none", None, None), ("w", w, None), ("w+mask", w, em)):
+            out = np.asarray(got[(red, kind)])
+            np.testing.assert_allclose(out, _ref_propagate(x, s, r, weight, n, red, mask), rtol=1e-5, atol=1e-5)
+            assert np.all(np.isfinite(out))
+            if kind != "w+mask":
+                assert np.all(out[5:] == 0)
 
 
-@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
-def test_propagate_zero_edges(reduce):
+def test_propagate_zero_edges():
     x = np.ones((4, 2), np.float32)
     e = np.zeros((0,), np.int32)
-    out = G.propagate(x, e, e, None, 4, reduce)
-    np.testing.assert_array_equal(out, np.zeros((4, 2)))
-    out = G.propagate(x, e, e, np.zeros((0,), np.float32), 4, reduce)
-    np.testing.assert_array_equal(out, np.zeros((4, 2)))
+    got = jax.jit(lambda x, e, w: [G.propagate(x, e, e, ww, 4, red) for red in REDUCES for ww in (None, w)])(
+        x, e, np.zeros((0,), np.float32)
+    )
+    for out in got:
+        np.testing.assert_array_equal(out, np.zeros((4, 2)))
+    with pytest.raises(ValueError):
+        G.propagate(x, e, e, None, 4, "min")
 
 
 def test_propagate_gradient_finite_for_max_with_isolated_nodes():
     x, s, r, _ = _rand_graph(np.random.default_rng(1), 5, 4)
     r = np.zeros_like(r)
-    g = jax.grad(lambda x: G.propagate(x, s, r, None, 5, "max").sum())(jnp.asarray(x))
+    g = jax.jit(jax.grad(lambda x: G.propagate(x, s, r, None, 5, "max").sum()))(jnp.asarray(x))
     assert np.all(np.isfinite(g))
 
 
@@ -79,13 +92,14 @@ def test_spmm_equals_dense_and_coo_roundtrip():
     dup = sp.coo_matrix(
         (np.concatenate([coo.data / 2, coo.data / 2]), (np.tile(coo.row, 2), np.tile(coo.col, 2))), shape=(6, 6)
     )
+    spmm = jax.jit(G.spmm, static_argnums=4)
     for m in (dense, coo, dup, sp.csr_matrix(dense)):
         s, r, w, n = G.edges_from_coo(m)
-        assert n == 6
-        np.testing.assert_allclose(G.spmm(s, r, w, x, n), dense @ x, rtol=1e-5, atol=1e-5)
+        assert n == 6 and len(s) == np.count_nonzero(dense)
+        np.testing.assert_allclose(spmm(s, r, w, x, n), dense @ x, rtol=1e-5, atol=1e-5)
     s, r, w, n = G.edges_from_coo(np.zeros((3, 3)))
     assert s.shape == (0,)
-    np.testing.assert_array_equal(G.spmm(s, r, w, np.ones((3, 2), np.float32), n), np.zeros((3, 2)))
+    np.testing.assert_array_equal(spmm(s, r, w, np.ones((3, 2), np.float32), n), np.zeros((3, 2)))
 
 
 def _dense(s, r, w, n):
@@ -100,30 +114,28 @@ def test_row_and_symmetric_norm_vs_dense():
     n = 6
     _, s, r, w = _rand_graph(rng, n, 12)
     r = np.where(r == 5, 0, r).astype(np.int32)  # node 5 has zero (row) degree
-    for weight in (None, w):
+
+    @jax.jit
+    def run(s, r, w):
+        out = {}
+        for kind, ww in (("none", None), ("w", w)):
+            for loops in (False, True):
+                out[(kind, "row", loops)] = G.row_norm_weights(s, r, n, ww, add_self_loops=loops)
+                out[(kind, "sym", loops)] = G.symmetric_norm_weights(s, r, n, ww, add_self_loops=loops)
+        return out
+
+    got = run(s, r, w)
+    for kind, weight in (("none", None), ("w", w)):
         a = _dense(s, r, weight, n)
-        deg = a.sum(1)
-        dinv = np.where(deg > 0, 1 / np.where(deg > 0, deg, 1), 0)
-        s2, r2, nw = G.row_norm_weights(s, r, n, weight)
-        np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), dinv[:, None] * a, rtol=1e-5)
-        dis = np.sqrt(dinv)
-        s2, r2, nw = G.symmetric_norm_weights(s, r, n, weight)
-        np.testing.assert_allclose(
-            _dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), dis[:, None] * a * dis[None, :], rtol=1e-5
-        )
-        assert np.all(np.isfinite(nw))
-        # with self loops: A + I
-        al = a + np.eye(n)
-        dl = al.sum(1)
-        s2, r2, nw = G.symmetric_norm_weights(s, r, n, weight, add_self_loops=True)
-        assert nw.shape == (len(s) + n,)
-        np.testing.assert_allclose(
-            _dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n),
-            al / np.sqrt(dl)[:, None] / np.sqrt(dl)[None, :],
-            rtol=1e-5,
-        )
-        s2, r2, nw = G.row_norm_weights(s, r, n, weight, add_self_loops=True)
-        np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), n), al / dl[:, None], rtol=1e-5)
+        for loops in (False, True):
+            al = a + np.eye(n) if loops else a
+            deg = al.sum(1)
+            dinv = np.where(deg > 0, 1 / np.where(deg > 0, deg, 1), 0)
+            dis = np.sqrt(dinv)
+            for norm, want in (("row", dinv[:, None] * al), ("sym", dis[:, None] * al * dis[None, :])):
+                s2, r2, nw = map(np.asarray, got[(kind, norm, loops)])
+                assert nw.shape == (len(s) + n * loops,) and np.all(np.isfinite(nw))
+                np.testing.assert_allclose(_dense(s2, r2, nw, n), want, rtol=1e-5, err_msg=f"{kind} {norm} {loops}")
 
 
 def test_norm_zero_edges_and_jit():
@@ -148,18 +160,22 @@ def test_c2dsr_graph_matches_official_construction():
     np.testing.assert_allclose(_dense(s, r, c, V), a)
     rs = a.sum(1, keepdims=True)
     a_hat = np.where(rs > 0, a / np.where(rs > 0, rs, 1), 0)
-    s2, r2, nw = G.c2dsr_norm_weights(s, r, V, c)
+    emb = np.random.default_rng(4).normal(size=(V, 4)).astype(np.float32)
+    b = np.random.default_rng(5).normal(size=(1, 4)).astype(np.float32)
+    b2 = np.stack([b[0], -b[0]])
+
+    @jax.jit
+    def run(s, r, c, emb, b, b2):
+        s2, r2, nw = G.c2dsr_norm_weights(s, r, V, c)
+        return (s2, r2, nw), G.c2dsr_propagate(emb, s2, r2, nw, b), G.c2dsr_propagate(emb, s2, r2, nw, b2)
+
+    (s2, r2, nw), got, got2 = run(s, r, c, emb, b, b2)
     np.testing.assert_allclose(_dense(np.asarray(s2), np.asarray(r2), np.asarray(nw), V), a_hat, rtol=1e-6)
     # same COO as the official row-normalised scipy matrix
     off = sp.coo_matrix(a_hat)
     s3, r3, w3, _ = G.edges_from_coo(off)
     np.testing.assert_allclose(_dense(s3, r3, w3, V), a_hat, rtol=1e-6)
-    emb = np.random.default_rng(4).normal(size=(V, 4)).astype(np.float32)
-    b = np.random.default_rng(5).normal(size=(1, 4)).astype(np.float32)
-    got = G.c2dsr_propagate(emb, s2, r2, nw, b)
     np.testing.assert_allclose(got, (emb + a_hat @ emb + b[0]) / 2, rtol=1e-5, atol=1e-5)
-    b2 = np.stack([b[0], -b[0]])
-    got2 = G.c2dsr_propagate(emb, s2, r2, nw, b2)
     h1 = a_hat @ emb + b2[0]
     h2 = a_hat @ h1 + b2[1]
     np.testing.assert_allclose(got2, (emb + h1 + h2) / 3, rtol=1e-5, atol=1e-5)
@@ -180,17 +196,27 @@ def test_gcn_and_gin_aggregate():
     at = a + np.eye(n)
     d = at.sum(1)
     want = (at / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]) @ x
-    np.testing.assert_allclose(G.gcn_aggregate(x, s, r, n), want, rtol=1e-5, atol=1e-6)
+    e = np.zeros((0,), np.int32)
+
+    @jax.jit
+    def run(x, s, r, e):
+        return (
+            G.gcn_aggregate(x, s, r, n),
+            G.gcn_aggregate(x, s, r, n, add_self_loops=False),
+            [G.gin_aggregate(x, s, r, n, eps=eps) for eps in (0.0, 0.3)],
+            G.gin_aggregate(x, e, e, n, eps=0.5),
+            G.gcn_aggregate(x, e, e, n),
+        )
+
+    gcn, gcn_noloop, gins, gin_empty, gcn_empty = run(x, s, r, e)
+    np.testing.assert_allclose(gcn, want, rtol=1e-5, atol=1e-6)
     d0 = a.sum(1)
     dis = np.where(d0 > 0, 1 / np.sqrt(np.where(d0 > 0, d0, 1)), 0)
-    np.testing.assert_allclose(
-        G.gcn_aggregate(x, s, r, n, add_self_loops=False), (dis[:, None] * a * dis[None]) @ x, rtol=1e-5, atol=1e-6
-    )
-    for eps in (0.0, 0.3):
-        np.testing.assert_allclose(G.gin_aggregate(x, s, r, n, eps=eps), (1 + eps) * x + a @ x, rtol=1e-5, atol=1e-6)
-    e = np.zeros((0,), np.int32)
-    np.testing.assert_allclose(G.gin_aggregate(x, e, e, n, eps=0.5), 1.5 * x, rtol=1e-6)
-    np.testing.assert_allclose(G.gcn_aggregate(x, e, e, n), x, rtol=1e-6)
+    np.testing.assert_allclose(gcn_noloop, (dis[:, None] * a * dis[None]) @ x, rtol=1e-5, atol=1e-6)
+    for eps, got in zip((0.0, 0.3), gins):
+        np.testing.assert_allclose(got, (1 + eps) * x + a @ x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gin_empty, 1.5 * x, rtol=1e-6)
+    np.testing.assert_allclose(gcn_empty, x, rtol=1e-6)
 
 
 def _small_graphs(rng):
@@ -225,12 +251,15 @@ def test_batch_graphs_layout_and_padding_changes_nothing():
         return G.graph_readout(h3, gb.graph_index, gb.num_graphs, gb.node_mask, "sum")
 
     got = np.asarray(step(gb))
-    for gi, (x, s, r) in enumerate(gs):
+    for gi, (x, s, r) in enumerate(gs):  # per-graph NumPy reference
         n_i = x.shape[0]
-        h = G.gin_aggregate(x, s, r, n_i, eps=0.1)
-        h2 = G.gcn_aggregate(h, s, r, n_i)
-        h3 = G.propagate(h2, s, r, None, n_i, "max")
-        np.testing.assert_allclose(got[gi], np.asarray(h3).sum(0), rtol=1e-5, atol=1e-5)
+        a = _dense(s, r, None, n_i)
+        h = 1.1 * x + a @ x
+        at = a + np.eye(n_i)
+        d = at.sum(1)
+        h2 = (at / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]) @ h
+        h3 = _ref_propagate(h2, s, r, None, n_i, "max")
+        np.testing.assert_allclose(got[gi], h3.sum(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[4:], 0)
 
 
@@ -249,21 +278,19 @@ def test_batch_graphs_errors_and_weights():
     np.testing.assert_array_equal(gb.senders, [0, 3, 4])
 
 
-@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
-def test_graph_readout_reference(reduce):
+def test_graph_readout_reference():
     rng = np.random.default_rng(8)
     x = rng.normal(size=(9, 3)).astype(np.float32)
-    gi = np.array([0, 0, 2, 2, 2, 3, 0, 5, 5])  # graph 1 empty, graph 4 only masked nodes
+    gi = np.array([0, 0, 2, 2, 2, 3, 0, 5, 4])  # graph 1 empty, graph 4 only masked nodes, node 7 out of range
     mask = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0], bool)
-    gi[8] = 4
-    f = jax.jit(G.graph_readout, static_argnames=("num_graphs", "reduce"))
-    got = np.asarray(f(x, gi, num_graphs=5, node_mask=mask, reduce=reduce))
-    want = np.zeros((5, 3))
-    for g in range(5):
-        rows = x[(gi == g) & mask]
-        if len(rows):
-            want[g] = {"sum": rows.sum(0), "mean": rows.mean(0), "max": rows.max(0)}[reduce]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # node 7 (graph 5 >= G) is dropped
+    got = jax.jit(lambda x, gi, m: {red: G.graph_readout(x, gi, 5, m, red) for red in REDUCES})(x, gi, mask)
+    for red in REDUCES:
+        want = np.zeros((5, 3))
+        for g in range(5):
+            rows = x[(gi == g) & mask]
+            if len(rows):
+                want[g] = {"sum": rows.sum(0), "mean": rows.mean(0), "max": rows.max(0)}[red]
+        np.testing.assert_allclose(got[red], want, rtol=1e-5, atol=1e-6, err_msg=red)
 
 
 def test_readout_permutation_invariant():
@@ -271,7 +298,6 @@ def test_readout_permutation_invariant():
     x, s, r, _ = _rand_graph(rng, 6, 10)
     perm = rng.permutation(6)
     inv = np.argsort(perm)
-    h = G.gin_aggregate(x, s, r, 6)
-    hp = G.gin_aggregate(x[perm], inv[s], inv[r], 6)
     gi = np.zeros(6, np.int32)
-    np.testing.assert_allclose(G.graph_readout(h, gi, 1), G.graph_readout(hp, gi, 1), rtol=1e-5)
+    f = jax.jit(lambda x, s, r: G.graph_readout(G.gin_aggregate(x, s, r), gi, 1))
+    np.testing.assert_allclose(f(x, s, r), f(x[perm], inv[s], inv[r]), rtol=1e-5)
