@@ -39,9 +39,8 @@ class Experiment:
         from jaxrec.data import catalog
 
         self.cfg = cfg
-        self.data_info = catalog.info(cfg.data.name) if data_dir is None else catalog.info(cfg.data.name,
-                                                                                            raw_dir=data_dir)
-        self.sources = {s: catalog.load(cfg.data.name, s, raw_dir=data_dir) for s in self.data_info["splits"]}
+        self.data_info = catalog.info(cfg.data.name, raw_dir=data_dir)
+        self.sources = {s: catalog.load(cfg.data.name, s, raw_dir=data_dir) for s in self.data_info.split_sizes}
         self.task = registry.get_task(cfg.task.name)(cfg, self.data_info)
         self.partitioner = build_partitioner(cfg)
         self.partitioner.check_batch_size(cfg.train.batch_size)
@@ -59,11 +58,14 @@ class Experiment:
         train = self.sources["train"]
         return pipeline.make_train_iterator(
             train, self.task.train_transform(), batch_size=self.local_batch_size, seed=int(self.cfg.train.seed),
-            shard_index=jax.process_index(), shard_count=jax.process_count())
+            shard_index=jax.process_index(), shard_count=jax.process_count(),
+            cache=bool(self.cfg.data.get("cache", True)))
 
     def steps_per_epoch(self) -> int:
+        from jaxrec.data import pipeline
+
         n = len(self.sources["train"])
-        spe = n // self.cfg.train.batch_size
+        spe = pipeline.steps_per_epoch(n, self.local_batch_size, jax.process_count())
         if spe == 0:
             raise ConfigError(f"config key 'train.batch_size': {self.cfg.train.batch_size} is larger than the "
                               f"{n} training examples")
