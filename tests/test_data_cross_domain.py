@@ -340,3 +340,49 @@ def test_real_c2dsr(real, name):
     assert "traindata_new.txt" in st["unavailable_splits"]["train"]
     with pytest.raises(DataError, match="traindata_new.txt"):
         catalog.load(name, "train")
+
+
+# ------------------------------------------------------------------------- catalog info/stats/load (crafted)
+
+
+def test_catalog_info_stats_load_on_crafted(tmp_path, monkeypatch):
+    pair = _llm_dir(tmp_path)
+    catalog.names()  # import every builder first, then add a throw-away entry
+    spec = catalog.DatasetSpec(
+        name="test/llm_tiny", kind="sequence", raw_subdir="unused", licence="test only",
+        make_builder=lambda raw_dir, data_dir: C.make_builder("llmcdsr_food_kitchen", str(pair), data_dir),
+        unavailable_splits={"extra": "not in this tiny fixture"})
+    monkeypatch.setitem(catalog._REGISTRY, spec.name, spec)
+    data_dir = tmp_path / "tfds"
+    inf = catalog.info(spec.name, data_dir=data_dir)
+    assert inf.split_sizes == {"train": 5, "valid": 1, "test": 2}
+    assert (inf.num_users, inf.num_items, inf.domain_names) == (8, 10, ("food", "kitchen"))
+    assert inf.domain_item_ranges == {"food": (1, 4), "kitchen": (5, 10)} and inf.drops == {}
+    st = catalog.stats(spec.name, data_dir=data_dir)
+    assert (st["users"], st["items"], st["interactions"]) == (8, 10, 3 + 2 + 3 + 4 + 2 + 4 + 3 + 3)
+    assert st["splits"]["train"]["records"] == 5 and st["splits"]["train"]["targets_by_domain"] == [3, 2]
+    text = catalog.format_stats(st)
+    assert "test/llm_tiny" in text and "records=5" in text and "nothing" in text
+    assert len(catalog.load(spec.name, "test", data_dir=data_dir)) == 2
+    with pytest.raises(DataError, match="unknown split"):
+        catalog.load(spec.name, "nope", data_dir=data_dir)
+    with pytest.raises(DataError, match="not in this tiny fixture"):
+        catalog.load(spec.name, "extra", data_dir=data_dir)
+
+
+def test_sequence_table_from_sequences_and_concat():
+    vals = np.array([1, 2, 3, 4, 5, 6, 7])
+    offs = np.array([0, 4, 7])
+    dom = np.array([0, 1, 0, 1, 1, 1, 0])
+    t = catalog.SequenceTable.from_sequences([5, 9], vals, dom, np.arange(7), offs, [True, True], cut=1)
+    assert t.offsets.tolist() == [0, 2, 3] and t.items.tolist() == [1, 2, 5] and t.target.tolist() == [3, 6]
+    assert t.target_domain.tolist() == [0, 1] and t.example(1)["items"].tolist() == [5]
+    c = catalog.SequenceTable.concat([t, t])
+    assert len(c) == 4 and c.offsets.tolist() == [0, 2, 3, 5, 6] and c.example(3)["timestamps"].tolist() == [4]
+    s = c.stats(num_domains=2)
+    assert s["records"] == 4 and s["users"] == 2 and s["interactions"] == 10 and s["targets_by_domain"] == [2, 2]
+    with pytest.raises(ValueError):
+        catalog.SequenceTable.from_sequences([0], [1, 2], [0, 0], [0, 1], [0, 2], [False], cut=1)
+    with pytest.raises(DataError, match="outside 1..5"):
+        catalog.SequenceTable.from_sequences([0], [1, 6], [0, 0], [0, 1], [0, 2], [False]).check(5)
+    assert catalog.count_distinct(np.array([3, -1, 3, 10**12, 0])) == 4 and catalog.count_distinct([]) == 0
