@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import re
-import struct
 
 import numpy as np
 import pytest

@@ -27,7 +27,7 @@ import logging
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
