@@ -86,8 +86,8 @@ def make_train_step(task, tx: optax.GradientTransformation, partitioner: Partiti
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                       update_norm=optax.global_norm(updates))
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
+                       update_norm=optax.tree.norm(updates))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=new_model_state)
         return new_state, metrics
