@@ -28,12 +28,17 @@ def test_rank_against_negatives_c2dsr_rule():
     negs = np.array(
         [[2.0, 2.0, 1.0, 1.000001, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [0.6, 0.6, 0.6, 0.6, 0.6]], np.float32
     )
-    np.testing.assert_array_equal(M.rank_against_negatives(pos, negs), [3.0, 1.0, 6.0])
-    np.testing.assert_array_equal(M.rank_against_negatives(pos, negs, ties="pessimistic"), [5.0, 1.0, 6.0])
-    np.testing.assert_array_equal(M.rank_against_negatives(pos, negs, ties="half"), [4.0, 1.0, 6.0])
-    np.testing.assert_array_equal(M.rank_against_negatives(pos, negs, margin=0.0), [4.0, 1.0, 6.0])
-    # all negatives masked -> rank 1
-    np.testing.assert_array_equal(M.rank_against_negatives(pos, negs, np.zeros((3, 5), bool)), [1.0, 1.0, 1.0])
+    got = jax.jit(
+        lambda p, n: (
+            M.rank_against_negatives(p, n),
+            M.rank_against_negatives(p, n, ties="pessimistic"),
+            M.rank_against_negatives(p, n, ties="half"),
+            M.rank_against_negatives(p, n, margin=0.0),
+            M.rank_against_negatives(p, n, jnp.zeros((3, 5), bool)),  # all negatives masked -> rank 1
+        )
+    )(pos, negs)
+    for g, want in zip(got, ([3, 1, 6], [5, 1, 6], [4, 1, 6], [4, 1, 6], [1, 1, 1])):
+        np.testing.assert_array_equal(g, np.asarray(want, np.float32))
     with pytest.raises(ValueError):
         M.rank_against_negatives(pos, negs, ties="random")
 
@@ -45,9 +50,11 @@ def test_rank_and_metrics_random_vs_reference():
     neg = rng.integers(0, 6, (b, n)).astype(np.float32)
     mask = rng.random((b, n)) < 0.8
     mask[3] = False
-    f = jax.jit(M.sampled_ranking_metrics, static_argnames=("hr_ks", "ndcg_ks", "ties", "margin"))
+    got = jax.jit(
+        lambda p, n, m: {t: M.sampled_ranking_metrics(p, n, m, ties=t) for t in ("optimistic", "half", "pessimistic")}
+    )(pos, neg, mask)
     for ties, tw in (("optimistic", 0.0), ("half", 0.5), ("pessimistic", 1.0)):
-        out = f(pos, neg, mask, ties=ties)
+        out = got[ties]
         want = np.array([_ref_rank(pos[i], neg[i], mask[i], tw, 1e-5) for i in range(b)])
         np.testing.assert_allclose(out["rank"], want)
         np.testing.assert_allclose(out["mrr"], 1 / want, rtol=1e-6)
@@ -87,44 +94,62 @@ def test_rank_in_catalogue_with_exclusions():
             out.append(_ref_rank(scores[i, target[i]], cand, [True] * len(cand), ties_w, margin))
         return np.array(out)
 
-    f = jax.jit(M.rank_in_catalogue, static_argnames=("exclude_pad_id", "ties", "margin"))
-    for ties, tw in (("optimistic", 0.0), ("half", 0.5), ("pessimistic", 1.0)):
-        np.testing.assert_allclose(f(scores, target, ties=ties), ref(tw, 1e-5, False, False))
-        np.testing.assert_allclose(
-            f(scores, target, xmask, hist, ties=ties, margin=0.0), ref(tw, 0.0, True, True)
-        )
-    # 0-padded history with pad id 0 (item 0 then never excluded)
     hist0 = np.where(hist < 0, 0, hist)
-    got = M.rank_in_catalogue(scores, target, exclude_ids=hist0, exclude_pad_id=0)
+    bm = rng.random((b, v)) < 0.3
+    tie_rules = (("optimistic", 0.0), ("half", 0.5), ("pessimistic", 1.0))
+
+    @jax.jit
+    def run(scores, target, xmask, hist, hist0, bm):
+        out = {}
+        for ties, _ in tie_rules:
+            out[ties] = M.rank_in_catalogue(scores, target, ties=ties)
+            out[ties + "/excl"] = M.rank_in_catalogue(scores, target, xmask, hist, ties=ties, margin=0.0)
+        out["pad0"] = M.rank_in_catalogue(scores, target, exclude_ids=hist0, exclude_pad_id=0)
+        out["bv"] = M.rank_in_catalogue(scores, target, bm)
+        return out
+
+    res = run(scores, target, xmask, hist, hist0, bm)
+    for ties, tw in tie_rules:
+        np.testing.assert_allclose(res[ties], ref(tw, 1e-5, False, False))
+        np.testing.assert_allclose(res[ties + "/excl"], ref(tw, 0.0, True, True))
+    # 0-padded history with pad id 0 (item 0 then never excluded)
+    got = res["pad0"]
     hist_bak = hist.copy()
     hist[:] = np.where(hist0 == 0, -1, hist0)
     np.testing.assert_allclose(got, ref(0.0, 1e-5, True, False))
     hist[:] = hist_bak
     # [B, V] exclusion mask
-    bm = rng.random((b, v)) < 0.3
     want = []
     for i in range(b):
         cand = [scores[i, j] for j in range(v) if j != target[i] and not bm[i, j]]
         want.append(_ref_rank(scores[i, target[i]], cand, [True] * len(cand), 0.0, 1e-5))
-    np.testing.assert_allclose(M.rank_in_catalogue(scores, target, bm), want)
+    np.testing.assert_allclose(res["bv"], want)
 
 
 def test_topk_hits_including_k_beyond_catalogue():
     scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.4, 0.2, 0.8, 0.6]], np.float32)
     target = np.array([2, 1])
-    np.testing.assert_array_equal(M.topk_hits(scores, target, 1), [0.0, 0.0])
-    np.testing.assert_array_equal(M.topk_hits(scores, target, 2), [1.0, 0.0])
-    np.testing.assert_array_equal(M.topk_hits(scores, target, 100), [1.0, 1.0])
-    # excluding the better items moves the target up; the target itself is never excluded
-    np.testing.assert_array_equal(M.topk_hits(scores, target, 1, exclude_ids=np.array([[1, 2], [2, 3]])), [1.0, 0.0])
-    # consistent with ranks when there are no ties
     rng = np.random.default_rng(2)
     s = rng.normal(size=(8, 10)).astype(np.float32)
     t = rng.integers(0, 10, 8)
-    for k in (1, 3, 10, 50):
-        np.testing.assert_array_equal(
-            jax.jit(M.topk_hits, static_argnames="k")(s, t, k=k), M.hit_rate_at_k(M.rank_in_catalogue(s, t, margin=0.0), k)
+    ks = (1, 3, 10, 50)
+
+    @jax.jit
+    def run(scores, target, s, t):
+        rank = M.rank_in_catalogue(s, t, margin=0.0)
+        return (
+            [M.topk_hits(scores, target, k) for k in (1, 2, 100)],
+            # excluding the better items moves the target up; the target itself is never excluded
+            M.topk_hits(scores, target, 1, exclude_ids=jnp.array([[1, 2], [2, 3]])),
+            [(M.topk_hits(s, t, k), M.hit_rate_at_k(rank, k)) for k in ks],
         )
+
+    small, excl, pairs = run(scores, target, s, t)
+    for got, want in zip(small, ([0, 0], [1, 0], [1, 1])):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(excl, [1.0, 0.0])
+    for hits, hr in pairs:  # consistent with ranks when there are no ties
+        np.testing.assert_array_equal(hits, hr)
 
 
 def _ref_auc(s, y, w=None):
@@ -140,23 +165,29 @@ def _ref_auc(s, y, w=None):
 
 def test_auc_vs_pairwise_reference():
     rng = np.random.default_rng(3)
-    f = jax.jit(M.auc)
+    f = jax.jit(lambda s, y, w, m: (M.auc(s, y), M.auc(s, y, weights=w), M.auc(s, y, mask=m)))
     for trial in range(3):
         n = 50
         s = rng.integers(0, 8, n).astype(np.float32) if trial < 2 else rng.normal(size=n).astype(np.float32)
         y = (rng.random(n) < 0.4).astype(np.int32)
         w = rng.uniform(0.1, 3.0, n).astype(np.float32)
         mask = rng.random(n) < 0.7
-        np.testing.assert_allclose(f(s, y), _ref_auc(s, y), rtol=1e-5)
-        np.testing.assert_allclose(M.auc(s, y, weights=w), _ref_auc(s, y, w), rtol=1e-5)
-        np.testing.assert_allclose(M.auc(s, y, mask=mask), _ref_auc(s[mask], y[mask]), rtol=1e-5)
-    # perfect, reversed, all tied
-    np.testing.assert_allclose(M.auc([0.1, 0.2, 0.9], [0, 0, 1]), 1.0)
-    np.testing.assert_allclose(M.auc([0.9, 0.2, 0.1], [0, 0, 1]), 0.0)
-    np.testing.assert_allclose(M.auc([0.5, 0.5, 0.5], [0, 1, 1]), 0.5)
-    # undefined
-    assert np.isnan(M.auc([0.1, 0.2], [1, 1]))
-    assert np.isnan(M.auc([0.1, 0.2], [0, 1], mask=[False, False]))
+        plain, weighted, masked = f(s, y, w, mask)
+        np.testing.assert_allclose(plain, _ref_auc(s, y), rtol=1e-5)
+        np.testing.assert_allclose(weighted, _ref_auc(s, y, w), rtol=1e-5)
+        np.testing.assert_allclose(masked, _ref_auc(s[mask], y[mask]), rtol=1e-5)
+    # perfect, reversed, all tied; undefined (one class, or everything masked)
+    cases = jax.jit(
+        lambda: (
+            M.auc(jnp.array([0.1, 0.2, 0.9]), jnp.array([0, 0, 1])),
+            M.auc(jnp.array([0.9, 0.2, 0.1]), jnp.array([0, 0, 1])),
+            M.auc(jnp.array([0.5, 0.5, 0.5]), jnp.array([0, 1, 1])),
+            M.auc(jnp.array([0.1, 0.2, 0.3]), jnp.array([1, 1, 1])),
+            M.auc(jnp.array([0.1, 0.2, 0.3]), jnp.array([0, 1, 1]), mask=jnp.zeros(3, bool)),
+        )
+    )()
+    np.testing.assert_allclose(cases[:3], [1.0, 0.0, 0.5])
+    assert np.isnan(cases[3]) and np.isnan(cases[4])
 
 
 def _ref_gauc(s, y, u, w=None, mask=None):
@@ -178,7 +209,17 @@ def _ref_gauc(s, y, u, w=None, mask=None):
 def test_gauc_vs_reference():
     rng = np.random.default_rng(4)
     n = 60
-    f = jax.jit(M.gauc)
+    @jax.jit
+    def run(s, y, u, w, mask):
+        return {
+            "plain": M.gauc(s, y, u),
+            "weighted": M.gauc(s, y, u, weights=w),
+            "masked": M.gauc(s, y, u, mask=mask),
+            "grouped": M.grouped_auc(s, y, u),
+            "one_user": M.gauc(s, y, jnp.zeros_like(u)),
+            "nobody": M.gauc(s, jnp.ones_like(y), u),
+        }
+
     for trial in range(3):
         s = rng.integers(0, 5, n).astype(np.float32) if trial != 1 else rng.normal(size=n).astype(np.float32)
         y = (rng.random(n) < 0.4).astype(np.int32)
@@ -186,11 +227,12 @@ def test_gauc_vs_reference():
         y[u == 99] = 1  # a single-class user: skipped
         w = rng.uniform(0.5, 2.0, n).astype(np.float32)
         mask = rng.random(n) < 0.8
-        np.testing.assert_allclose(f(s, y, u), _ref_gauc(s, y, u), rtol=1e-5)
-        np.testing.assert_allclose(M.gauc(s, y, u, weights=w), _ref_gauc(s, y, u, w), rtol=1e-5)
-        np.testing.assert_allclose(M.gauc(s, y, u, mask=mask), _ref_gauc(s, y, u, None, mask), rtol=1e-5)
+        res = run(s, y, u, w, mask)
+        np.testing.assert_allclose(res["plain"], _ref_gauc(s, y, u), rtol=1e-5)
+        np.testing.assert_allclose(res["weighted"], _ref_gauc(s, y, u, w), rtol=1e-5)
+        np.testing.assert_allclose(res["masked"], _ref_gauc(s, y, u, None, mask), rtol=1e-5)
     # per-user values
-    auc_u, wu, valid, gid = M.grouped_auc(s, y, u)
+    auc_u, wu, valid, gid = map(np.asarray, res["grouped"])
     k = int(np.sum(np.asarray(gid) >= 0))
     assert k == len(set(u.tolist()))
     for slot in range(k):
@@ -202,23 +244,25 @@ def test_gauc_vs_reference():
         else:
             assert user == 99 or y[sel].min() == y[sel].max()
     # one user == plain AUC; nobody qualifies -> NaN
-    np.testing.assert_allclose(M.gauc(s, y, np.zeros(n, np.int32)), _ref_auc(s, y), rtol=1e-5)
-    assert np.isnan(M.gauc(s, np.ones(n), u))
+    np.testing.assert_allclose(res["one_user"], _ref_auc(s, y), rtol=1e-5)
+    assert np.isnan(res["nobody"])
 
 
 def test_mae_rmse():
     p = np.array([1.0, 2.0, 4.0, 10.0], np.float32)
     t = np.array([1.5, 2.0, 2.0, 0.0], np.float32)
     m = np.array([1, 1, 1, 0], bool)
-    np.testing.assert_allclose(M.mae(p, t, m), (0.5 + 0 + 2) / 3, rtol=1e-6)
-    np.testing.assert_allclose(M.rmse(p, t, m), math.sqrt((0.25 + 4) / 3), rtol=1e-6)
-    np.testing.assert_allclose(M.rmse(p, t), math.sqrt((0.25 + 4 + 100) / 4), rtol=1e-6)
-    assert np.isnan(M.mae(p, t, np.zeros(4, bool)))
+    got = jax.jit(
+        lambda p, t, m: (M.mae(p, t, m), M.rmse(p, t, m), M.rmse(p, t), M.mae(p, t, jnp.zeros(4, bool)))
+    )(p, t, m)
+    np.testing.assert_allclose(got[:3], [(0.5 + 0 + 2) / 3, math.sqrt((0.25 + 4) / 3), math.sqrt((0.25 + 4 + 100) / 4)], rtol=1e-6)
+    assert np.isnan(got[3])
 
 
 def test_metric_accumulator_padding_and_concat_mode():
     rng = np.random.default_rng(5)
     acc = M.MetricAccumulator()
+    metrics_fn = jax.jit(M.sampled_ranking_metrics)
     all_rank, all_s, all_y, all_u, all_err = [], [], [], [], []
     for step in range(3):
         b = 8
@@ -227,7 +271,7 @@ def test_metric_accumulator_padding_and_concat_mode():
             valid[5:] = False  # padded final batch
         pos = rng.normal(size=b).astype(np.float32)
         neg = rng.normal(size=(b, 20)).astype(np.float32)
-        mets = M.sampled_ranking_metrics(jnp.asarray(pos), jnp.asarray(neg))
+        mets = metrics_fn(jnp.asarray(pos), jnp.asarray(neg))
         acc.update({k: v for k, v in mets.items() if k != "rank"}, mask=jnp.asarray(valid), prefix="x/")
         all_rank.append(np.asarray(mets["rank"])[valid])
         s = rng.normal(size=b).astype(np.float32)

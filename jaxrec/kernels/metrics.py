@@ -426,9 +426,13 @@ class MetricAccumulator:
         return out
 
 
+_auc_jit = jax.jit(auc)
+_gauc_jit = jax.jit(gauc)
+
+
 def _auc_host(scores, labels, weights=None):
-    return auc(scores, labels, weights) if len(scores) else math.nan
+    return _auc_jit(scores, labels, weights) if len(scores) else math.nan
 
 
 def _gauc_host(scores, labels, user_ids, weights=None):
-    return gauc(scores, labels, user_ids, weights) if len(scores) else math.nan
+    return _gauc_jit(scores, labels, user_ids, weights) if len(scores) else math.nan
