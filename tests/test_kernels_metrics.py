@@ -255,7 +255,8 @@ def test_mae_rmse():
     got = jax.jit(
         lambda p, t, m: (M.mae(p, t, m), M.rmse(p, t, m), M.rmse(p, t), M.mae(p, t, jnp.zeros(4, bool)))
     )(p, t, m)
-    np.testing.assert_allclose(got[:3], [(0.5 + 0 + 2) / 3, math.sqrt((0.25 + 4) / 3), math.sqrt((0.25 + 4 + 100) / 4)], rtol=1e-6)
+    want = [(0.5 + 0 + 2) / 3, math.sqrt((0.25 + 4) / 3), math.sqrt((0.25 + 4 + 100) / 4)]
+    np.testing.assert_allclose(got[:3], want, rtol=1e-6)
     assert np.isnan(got[3])
 
 

@@ -383,7 +383,9 @@ class MetricAccumulator:
             raise ValueError(f"MetricAccumulator.collect: {name!r} was collected with another function")
         store = self._collected.setdefault(name, {k: [] for k in arrays})
         if set(store) != set(arrays):
-            raise ValueError(f"MetricAccumulator.collect: {name!r} got arrays {sorted(arrays)}, expected {sorted(store)}")
+            raise ValueError(
+                f"MetricAccumulator.collect: {name!r} got arrays {sorted(arrays)}, expected {sorted(store)}"
+            )
         host = {k: _host(a) for k, a in arrays.items()}
         keep = None if mask is None else _host(mask).astype(bool).reshape(-1)
         for k, a in host.items():
