@@ -257,6 +257,16 @@ class _TrainBatches(grain.MapDataset):
     def __len__(self) -> int:
         return self._len
 
+    def __getstate__(self):  # picklable for grain worker processes (mp_prefetch)
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        state["_perm_epoch"], state["_perm"] = -1, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Source indices of this shard in the order of ``epoch`` (all of them; batches use the first
         ``steps_per_epoch * batch_size``)."""
