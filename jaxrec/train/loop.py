@@ -37,13 +37,21 @@ class FitResult:
     examples_per_second: float
 
 
-def evaluate(eval_step, state, batches: Iterable[dict], partitioner: Partitioner) -> dict:
-    """Run ``eval_step`` over fixed-shape batches; mean of each per-example metric over ``valid`` rows."""
+def evaluate(eval_step, state, batches: Iterable[dict], partitioner: Partitioner, task=None) -> dict:
+    """Run ``eval_step`` over fixed-shape batches and accumulate on the host.
+
+    By default each per-example output is averaged over the batch's ``valid`` rows. A task with an
+    ``accumulate(acc: MetricAccumulator, outputs, batch)`` method decides itself (per-domain masks, AUC/GAUC
+    collected over the whole split, ...).
+    """
     acc = MetricAccumulator()
+    custom = getattr(task, "accumulate", None)
     for batch in batches:
-        valid = np.asarray(batch["valid"], bool)
         out = jax.device_get(eval_step(state, partitioner.shard_inputs(batch)))
-        acc.update(out, mask=valid)
+        if custom is not None:
+            custom(acc, out, batch)
+        else:
+            acc.update(out, mask=np.asarray(batch["valid"], bool))
     return acc.result()
 
 
@@ -106,7 +114,7 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
 
     def run_eval(step):
         nonlocal best
-        metrics = evaluate(eval_step, state, eval_batches(), partitioner)
+        metrics = evaluate(eval_step, state, eval_batches(), partitioner, task)
         row = writer.write(step, metrics, prefix="eval/")
         row["epoch"] = step / steps_per_epoch
         history.append(row)

@@ -117,7 +117,7 @@ def train_from_config(cfg, workdir, *, data_dir=None, progress: bool = True, sto
         ckpt.close()
         eval_step = steps_lib.make_eval_step(exp.task, exp.partitioner,
                                              jax.tree.map(lambda x: x.sharding, state))
-        out["test"] = evaluate(eval_step, state, exp.eval_batches(test_split), exp.partitioner)
+        out["test"] = evaluate(eval_step, state, exp.eval_batches(test_split), exp.partitioner, exp.task)
     out["wall_seconds"] = round(time.time() - t0, 1)
     out["devices"] = f"{jax.device_count()} x {jax.devices()[0].platform}"
     if jax.process_index() == 0:
@@ -148,7 +148,7 @@ def evaluate_from_config(cfg, workdir, split: str, *, data_dir=None, which: str 
         step = ckpt.latest_step()
     ckpt.close()
     eval_step = steps_lib.make_eval_step(exp.task, exp.partitioner, shardings)
-    metrics = evaluate(eval_step, state, exp.eval_batches(split), exp.partitioner)
+    metrics = evaluate(eval_step, state, exp.eval_batches(split), exp.partitioner, exp.task)
     return {"split": split, "step": int(step), **metrics}
 
 
