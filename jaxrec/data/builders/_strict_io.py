@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -60,35 +61,58 @@ def read_int_table(path: str | os.PathLike, columns: Sequence[str], *, sep: str 
 
     DataError for: an empty line ("empty record"), a wrong number of fields ("malformed line"), a token that is
     not a decimal integer, a value outside ``bounds[col] = (lo, hi)`` (inclusive), a column that must hold a
-    constant (``fixed[col]``) holding something else, fewer than ``min_rows`` records.
+    constant (``fixed[col]``) holding something else, fewer than ``min_rows`` records. A final newline is
+    optional; ``\r\n`` line ends are accepted.
 
     Returns ``{column: int64 [n]}`` plus ``"_line"`` (1-based line number of each row).
     """
     bounds = bounds or {}
     fixed = fixed or {}
     ncol = len(columns)
-    checks = [(j, c, bounds.get(c), fixed.get(c)) for j, c in enumerate(columns)]
-    rows: list[list[int]] = []
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            raise DataError(path, "empty record", line=lineno,
+    raw = readers.require_file(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(path, f"undecodable bytes ({e.reason})", line=line, expected="UTF-8 text") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if "\r" in text:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    row_re = re.compile(f"-?[0-9]+(?:{re.escape(sep)}-?[0-9]+){{{ncol - 1}}}")
+    if not all(map(row_re.fullmatch, lines)):  # locate and describe the first bad line
+        i = next(i for i, ln in enumerate(lines) if not row_re.fullmatch(ln))
+        ln = lines[i]
+        if not ln.strip():
+            raise DataError(path, "empty record", line=i + 1,
                             expected=f"{ncol} {sep!r}-separated integers ({', '.join(columns)})")
-        toks = line.split(sep)
+        toks = ln.split(sep)
         if len(toks) != ncol:
-            raise DataError(path, "malformed line", line=lineno, field="line",
-                            expected=f"{ncol} {sep!r}-separated fields ({', '.join(columns)})", got=line)
-        vals = [parse_int(path, lineno, c, t) for c, t in zip(columns, toks)]
-        for j, c, b, fx in checks:
-            if b is not None:
-                check_range(path, lineno, c, vals[j], *b)
-            if fx is not None and vals[j] != fx:
-                raise DataError(path, "unexpected value", line=lineno, field=c, expected=f"{c} == {fx}", got=vals[j])
-        rows.append(vals)
-    if len(rows) < min_rows:
-        raise DataError(path, "too few records", expected=f"at least {min_rows} record(s)", got=len(rows))
-    arr = np.asarray(rows, dtype=np.int64).reshape(-1, ncol)
+            raise DataError(path, "malformed line", line=i + 1, field="line",
+                            expected=f"{ncol} {sep!r}-separated fields ({', '.join(columns)})", got=ln)
+        for c, t in zip(columns, toks):
+            parse_int(path, i + 1, c, t)
+        raise DataError(path, "malformed line", line=i + 1, expected="decimal integers", got=ln)  # pragma: no cover
+    if len(lines) < min_rows:
+        raise DataError(path, "too few records", expected=f"at least {min_rows} record(s)", got=len(lines))
+    flat = sep.join(lines).split(sep) if lines else []
+    arr = np.fromiter(map(int, flat), dtype=np.int64, count=len(flat)).reshape(-1, ncol)
     out = {c: arr[:, j].copy() for j, c in enumerate(columns)}
-    out["_line"] = np.arange(1, len(rows) + 1, dtype=np.int64)
+    out["_line"] = np.arange(1, len(lines) + 1, dtype=np.int64)
+    for c in columns:
+        v = out[c]
+        if c in bounds:
+            lo, hi = bounds[c]
+            bad = np.nonzero((v < lo) | (v > hi))[0]
+            if bad.size:
+                raise DataError(path, "value outside the declared range", line=int(bad[0]) + 1, field=c,
+                                expected=f"{c} in {lo}..{hi}", got=int(v[bad[0]]))
+        if c in fixed:
+            bad = np.nonzero(v != fixed[c])[0]
+            if bad.size:
+                raise DataError(path, "unexpected value", line=int(bad[0]) + 1, field=c,
+                                expected=f"{c} == {fixed[c]}", got=int(v[bad[0]]))
     return out
 
 

@@ -58,7 +58,7 @@ from jaxrec.data import catalog, readers
 from jaxrec.data.builders import _strict_io as sio
 from jaxrec.data.errors import DataError
 
-__all__ = ["UserItemConfig", "JaxrecUserItem", "dataset_stats", "FEATURES"]
+__all__ = ["UserItemConfig", "JaxrecUserItem", "dataset_stats", "features"]
 
 _DISENCDR_SHA256 = {
     "dataset/cloth_electronic/test.txt": "0b604b69d3eb531bf99a11e2322f247694f7a593905e0c0c04c54e2a58fb0f78",
@@ -137,13 +137,15 @@ _SPLIT_FILES = {
 }
 _EVAL_SPLITS = ("valid", "test")
 
-FEATURES = tfds.features.FeaturesDict({
-    "user_id": np.int64,
-    "item_id": np.int64,
-    "domain": np.int32,
-    "rating": np.float32,
-    "negatives": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-})
+def features() -> tfds.features.FeaturesDict:
+    """The record schema (a fresh object per builder: TFDS test mocks patch FeaturesDict instances)."""
+    return tfds.features.FeaturesDict({
+        "user_id": np.int64,
+        "item_id": np.int64,
+        "domain": np.int32,
+        "rating": np.float32,
+        "negatives": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    })
 
 _NO_NEGATIVES = np.zeros((0,), np.int64)
 
@@ -283,7 +285,7 @@ class JaxrecUserItem(sio.RawBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         return tfds.core.DatasetInfo(builder=self, description=__doc__.split("\n\n")[0] + f" ({cfg.description})",
-                                     features=FEATURES, metadata=tfds.core.MetadataDict(),
+                                     features=features(), metadata=tfds.core.MetadataDict(),
                                      license=getattr(cfg, "licence", None) or None)
 
     def _split_files(self) -> dict[str, list[str]]:
@@ -332,9 +334,9 @@ class JaxrecUserItem(sio.RawBuilder):
             items = np.concatenate([t["item"][k] for t, k in zip(ts, kept[split])])
             split_stats[split] = {"users": int(np.unique(users).size), "items": int(np.unique(items).size),
                                   "interactions": int(items.size), "by_domain": by_domain}
-        all_pairs = np.unique(np.concatenate([
-            np.stack([t["user"][k], t["item"][k]], 1) for split in tables for t, k in zip(tables[split], kept[split])
-        ]), axis=0)
+        n_ids = cfg.domain_item_ranges[-1][1] + 1
+        pair_keys = np.unique(np.concatenate([t["user"][k] * n_ids + t["item"][k]
+                                              for split in tables for t, k in zip(tables[split], kept[split])]))
         ranges = cfg.domain_item_ranges
         num_users = max(hi for _, hi in cfg.user_ranges) + 1
         md: dict[str, Any] = {
@@ -351,10 +353,10 @@ class JaxrecUserItem(sio.RawBuilder):
             "drops": drops.as_dict(),
             "licence": cfg.licence,
             "stats": {
-                "users": int(np.unique(all_pairs[:, 0]).size),
+                "users": int(np.unique(pair_keys // n_ids).size),
                 "items": ranges[-1][1],
-                "items_seen": int(np.unique(all_pairs[:, 1]).size),
-                "interactions": int(len(all_pairs)),
+                "items_seen": int(np.unique(pair_keys % n_ids).size),
+                "interactions": int(len(pair_keys)),
                 "splits": split_stats,
             },
         }
