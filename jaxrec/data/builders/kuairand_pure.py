@@ -469,6 +469,7 @@ def _log_stats(col: dict[str, np.ndarray]) -> dict:
         "median_duration_ms": float(np.median(col["duration_ms"])),
         "tab_counts": {int(t): int(k) for t, k in zip(tabs, counts)},
         "dates": [int(col["date"].min()), int(col["date"].max())],
+        "rows_by_date": {int(d): int(k) for d, k in zip(*np.unique(col["date"], return_counts=True))},
     }
 
 
