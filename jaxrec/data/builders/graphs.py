@@ -437,7 +437,7 @@ PLANETOID_CONFIGS = [
 ]
 
 
-def read_planetoid(builder_or_dir, cfg: PlanetoidConfig, raw_file) -> dict:
+def read_planetoid(cfg: PlanetoidConfig, raw_file) -> dict:
     """Load and assemble the Planetoid pickles (GCN ``load_data`` order). ``raw_file(rel)`` verifies paths."""
     p = lambda s: raw_file(f"data/ind.{cfg.dataset}.{s}")  # noqa: E731
     n, f, c = cfg.num_nodes, cfg.num_features, cfg.num_classes
@@ -527,7 +527,7 @@ class JaxrecPlanetoid(sio.RawBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager
         cfg = self.builder_config
-        g = read_planetoid(self, cfg, self.raw_file)
+        g = read_planetoid(cfg, self.raw_file)
         n = cfg.num_nodes
         masks = np.zeros((3, n), bool)
         masks[0, :cfg.num_train] = True

@@ -487,4 +487,9 @@ catalog.register(catalog.DatasetSpec(
     licence=LICENCE, source_stats=SOURCE_STATS, stats_fn=dataset_stats,
     description="KuaiRand-Pure impressions 2022-04-25..05-08, all labels, user/video features; date splits "
                 "train 04-25..05-04 / valid 05-05..05-06 / test 05-07..05-08",
-    unavailable_splits={}))
+    unavailable_splits={
+        "random_exposure": "log_random_4_22_to_5_08_pure.csv (is_rand=1) is not in ../shared/data (>= 4 MiB, no "
+                           "snapshot; see kuairand_pure/SOURCE.md)",
+        "official_train_4_08_to_4_24": "the standard logs of 2022-04-08..04-24 are not in ../shared/data; the "
+                                       "splits here all come from 04-25..05-08",
+    }))
