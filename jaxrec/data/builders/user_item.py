@@ -14,7 +14,7 @@ Three raw layouts, one record schema (one record per interaction; numpy dict fro
                             domain's files is ``item_id - first`` for the 0-based DisenCDR/CDRIB files (UniCDR's
                             own ``file id + 1`` is ``item_id - first + 1``) and ``item_id - first + 1`` for the
                             1-based Douban files.
-``domain``    int32 scalar  0 or 1; names in ``metadata["domains"]``.
+``domain``    int32 scalar  0 or 1; names in ``metadata["domain_names"]``.
 ``rating``    float32       1.0 for the implicit-feedback files (DisenCDR's third column is always 1; CDRIB has
                             none); 1..5 for Douban.
 ``negatives`` int64 [n]     negative item ids (global ids, like ``item_id``) that the source files provide for
@@ -25,14 +25,14 @@ Three raw layouts, one record schema (one record per interaction; numpy dict fro
 Splits
   * ``disencdr/<X_Y>`` (dirs ``X_Y`` = domain 0, ``Y_X`` = domain 1): ``train`` (train.txt), ``test`` (test.txt),
     and ``valid`` (also test.txt: UniCDR's dual-user-intra protocol validates on the test file; see
-    ``metadata["valid_source"]``). ``test_original.txt`` (one held-out item for every user) is not read: on the
-    files checked (phone_sport) test.txt is exactly its records whose item occurs in train.txt, i.e. what the
+    ``metadata["valid_source"]``). ``test_original.txt`` (one held-out item for every user) is not read: in all
+    8 folders test.txt is exactly its lines whose item occurs in train.txt, in the same order, i.e. what the
     protocol below would keep of it.
   * ``cdrib/<X_Y>``: ``train`` / ``valid`` / ``test`` from train.txt / valid.txt / test.txt of both dirs; the
     evaluation users of a domain are cold-start there (none of them is in that domain's train.txt).
   * ``douban_gadtcdr``: ``full`` (every rating of both domains; the source provides no held-out split).
 
-Protocol drops (counted in ``metadata["dropped"]``, never silent): an evaluation record whose item never occurs
+Protocol drops (counted in ``metadata["drops"]``, never silent): an evaluation record whose item never occurs
 in that domain's train.txt is dropped, as UniCDR's ``load_domain_valid_run`` does (it cannot be scored).
 
 Strictness: a missing split file, a checksum different from SOURCE.md, an empty line, a line with the wrong number
