@@ -37,6 +37,15 @@ def ref_attention(q, k, v, mask=None, bias=None, scale=None):
     return out, weights
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
+    prev = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", prev)
+
+
 def rand(seed, *shape):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -107,7 +116,7 @@ def test_masked_softmax_matches_reference_and_zero_rows():
             ref[idx] = e / e.sum()
         np.testing.assert_allclose(w[r], ref, atol=1e-6)
     assert np.all(w[1] == 0.0) and np.all(w[~mask] == 0.0)
-    g = jax.grad(lambda x: jnp.sum(A.masked_softmax(x, mask) * jnp.arange(5.0)))(logits)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(A.masked_softmax(x, mask) * jnp.arange(5.0))))(logits)
     assert np.all(np.isfinite(np.asarray(g)))
     np.testing.assert_allclose(np.asarray(A.masked_softmax(logits)), np.asarray(jax.nn.softmax(logits)), atol=1e-6)
     # extreme logits do not overflow
@@ -155,10 +164,10 @@ def test_fully_masked_rows_zero_output_finite_grads():
     def loss(q, k, v, bias):
         return jnp.sum(A.dot_product_attention(q, k, v, mask, bias) ** 2)
 
-    out = np.asarray(A.dot_product_attention(q, k, v, mask, bias))
+    out = np.asarray(jax.jit(A.dot_product_attention)(q, k, v, mask, bias))
     assert not np.any(np.isnan(out))
     assert np.all(out[0, 0] == 0.0) and np.all(out[1] == 0.0)
-    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, bias)
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g)))
     assert np.all(np.asarray(grads[0])[1] == 0.0)

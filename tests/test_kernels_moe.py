@@ -8,6 +8,15 @@ import pytest
 from jaxrec.kernels import moe
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
+    prev = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", prev)
+
+
 def rand(seed, *shape):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -34,7 +43,7 @@ def test_softmax_gate():
         for t in range(T):
             np.testing.assert_allclose(w[b, t], ref_softmax(logits[b, t], mask[t]), atol=1e-6)
     assert np.all(w[:, 1] == 0.0) and np.all(w[:, 0, 2:4] == 0.0)
-    g = jax.grad(lambda x: jnp.sum(moe.softmax_gate(x, mask) ** 2))(jnp.asarray(logits))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(moe.softmax_gate(x, mask) ** 2)))(logits)
     assert np.all(np.isfinite(np.asarray(g)))
     np.testing.assert_allclose(np.asarray(moe.softmax_gate(logits)), np.asarray(jax.nn.softmax(logits)), atol=1e-6)
 
@@ -223,7 +232,7 @@ def test_gate_entropy():
     np.testing.assert_allclose(got[0], np.log(4), atol=1e-6)
     assert got[1] == 0.0 and got[2] == 0.0
     assert moe.gate_entropy(np.ones((2, 3, 5)) / 5).shape == (2, 3)
-    g = jax.grad(lambda x: jnp.sum(moe.gate_entropy(x)))(jnp.asarray(w))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(moe.gate_entropy(x))))(w)
     assert np.all(np.isfinite(np.asarray(g)))
 
 

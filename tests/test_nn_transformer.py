@@ -1,5 +1,7 @@
 """jaxrec.nn.transformer: shapes, references, causality, padding, decode == full forward, logical axes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,15 @@ from jaxrec.nn import transformer as T
 
 B, L, D = 2, 5, 8
 ATOL = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
+    prev = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", prev)
 
 
 def rand(seed, *shape):
@@ -41,7 +52,7 @@ def unbox(tree):
 
 
 def init_apply(module, x, *args, **kwargs):
-    variables = module.init(jax.random.PRNGKey(0), x, *args, **kwargs)
+    variables = jax.jit(lambda r, x: module.init(r, x, *args, **kwargs))(jax.random.PRNGKey(0), x)
     return variables, jax.jit(lambda v, x: module.apply(v, x, *args, **kwargs))
 
 
@@ -193,47 +204,45 @@ def test_sasrec_block_matches_c2dsr_equations():
     assert not np.allclose(np.asarray(model.apply(v, x2, valid, causal=True))[0, 2:], got[0, 2:])
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_stack_causality_and_shapes(name):
+VALID = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)  # example 1 left-padded
+
+
+@functools.lru_cache(maxsize=None)
+def stack_variables(name):
+    """(model, variables) for a config, initialised once (jitted) and shared by the tests below."""
     model = stack(name)
-    x = rand(6, B, L, D)
-    v, fwd = init_apply(model, x, causal=True)
-    y = np.asarray(fwd(v, x))
-    assert y.shape == (B, L, D) and np.all(np.isfinite(y))
-    t = 2
+    x = rand(6, B, L, D) * VALID[..., None]
+    return model, jax.jit(lambda r, x: model.init(r, x, VALID, causal=True))(jax.random.PRNGKey(4), x)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_stack_causality_padding_and_decode(name):
+    model, variables = stack_variables(name)
+    params = variables["params"]
+    fwd = jax.jit(lambda x: model.apply({"params": params}, x, VALID, causal=True))
+    x = rand(10, B, L, D) * VALID[..., None]
+    full = np.asarray(fwd(x))
+    assert full.shape == (B, L, D) and np.all(np.isfinite(full))
+
+    # causality: perturbing positions >= t leaves outputs < t unchanged
+    t = 3
     x2 = x.copy()
     x2[:, t:] += rand(7, B, L - t, D) * 3
-    y2 = np.asarray(fwd(v, x2))
-    np.testing.assert_allclose(y2[:, :t], y[:, :t], atol=ATOL)
-    assert not np.allclose(y2[:, t:], y[:, t:])
+    y2 = np.asarray(fwd(x2))
+    np.testing.assert_allclose(y2[:, :t], full[:, :t], atol=ATOL)
+    assert not np.allclose(y2[:, t:], full[:, t:])
 
+    # padding: with the key-padding mask, padded inputs do not reach valid positions
+    x3 = np.where(VALID[..., None], x, rand(9, B, L, D) * 10)
+    y3 = np.asarray(fwd(x3))
+    if model.mask_keys_with_valid:
+        np.testing.assert_allclose(y3[VALID], full[VALID], atol=ATOL)
+    else:  # SASRec / C2DSR parity: PAD slots are attended (causal mask only)
+        assert not np.allclose(y3[1, 2:], full[1, 2:])
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_padding_does_not_affect_valid_positions(causal):
-    model = stack("pre_layer_gelu", num_layers=2)
-    x = rand(8, B, L, D)
-    valid = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]], bool)
-    v, fwd = init_apply(model, x, valid, causal=causal)
-    y = np.asarray(fwd(v, x))
-    x2 = np.where(valid[..., None], x, rand(9, B, L, D) * 10)
-    y2 = np.asarray(fwd(v, x2))
-    np.testing.assert_allclose(y2[valid], y[valid], atol=ATOL)
-    if not causal:  # bidirectional: the future of a valid token does influence it
-        x3 = x.copy()
-        x3[0, 2] += 1.0
-        assert not np.allclose(np.asarray(fwd(v, x3))[0, 0], y[0, 0])
-
-
-@pytest.mark.parametrize("name", ["llama", "sasrec", "post_layer_relu"])
-def test_decode_with_cache_equals_full_forward(name):
-    model = stack(name)
-    x = rand(10, B, L, D)
-    valid = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)  # left-padded example
-    x = x * valid[..., None]
-    variables = model.init(jax.random.PRNGKey(4), x, valid, causal=True)
-    params = variables["params"]
-    full = np.asarray(model.apply({"params": params}, x, valid, causal=True))
-    cache = model.init(jax.random.PRNGKey(4), x, valid, causal=True, decode=True)["cache"]
+    # decode with the KV cache == full causal forward (cache shapes from eval_shape: no extra compile)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, VALID, causal=True, decode=True))["cache"]
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     assert (B, L) in [a.shape for a in jax.tree.leaves(cache)]  # Lmax = L
 
     @jax.jit
@@ -241,23 +250,35 @@ def test_decode_with_cache_equals_full_forward(name):
         out, mut = model.apply({"params": params, "cache": cache}, xt, vt, causal=True, decode=True, mutable=["cache"])
         return out, mut["cache"]
 
-    outs = []
-    for t in (2, 1, 1, 1):  # a 2-token prefill chunk, then token by token
-        s = sum(o.shape[1] for o in outs)
-        o, cache = step(cache, x[:, s : s + t], valid[:, s : s + t])
+    outs, s = [], 0
+    for n in (2, 1, 1, 1):  # a 2-token prefill chunk, then token by token
+        o, cache = step(cache, x[:, s : s + n], VALID[:, s : s + n])
         outs.append(np.asarray(o))
+        s += n
     dec = np.concatenate(outs, axis=1)
-    np.testing.assert_allclose(dec[valid], full[valid], atol=1e-4)
-    if name != "sasrec":  # padded rows see nothing either way; SASRec multiplies them to 0 before the final LN
+    np.testing.assert_allclose(dec[VALID], full[VALID], atol=1e-4)
+    if not model.zero_padding_outputs:  # SASRec zeroes padded rows before the final LN; elsewhere they match too
         np.testing.assert_allclose(dec, full, atol=1e-4)
 
 
+def test_bidirectional_padding():
+    model, variables = stack_variables("pre_layer_gelu")
+    fwd = jax.jit(lambda x: model.apply(variables, x, VALID, causal=False))
+    x = rand(8, B, L, D)
+    y = np.asarray(fwd(x))
+    y2 = np.asarray(fwd(np.where(VALID[..., None], x, rand(9, B, L, D) * 10)))
+    np.testing.assert_allclose(y2[VALID], y[VALID], atol=ATOL)
+    x3 = x.copy()
+    x3[:, 3] += rand(12, D)  # the future influences the past (not a constant shift: LayerNorm would remove it)
+    assert not np.allclose(np.asarray(fwd(x3))[:, 2], y[:, 2])
+
+
 def test_stack_logical_axes_and_dropout():
-    model = stack("llama", dropout_rate=0.5)
+    model = stack("llama", dropout_rate=0.5, num_layers=1)
     x = rand(11, B, L, D)
-    v = model.init(jax.random.PRNGKey(0), x, causal=True)
+    v = jax.jit(lambda r, x: model.init(r, x, causal=True))(jax.random.PRNGKey(0), x)
     spec = nn.get_partition_spec(v)["params"]
-    blk = spec["layer_1"]
+    blk = spec["layer_0"]
     assert blk["attn"]["query"]["kernel"] == P("embed", "heads", "kv")
     assert blk["attn"]["out"]["kernel"] == P("heads", "kv", "embed")
     assert blk["ffn"]["wi_gate"]["kernel"] == P("embed", "mlp") and blk["ffn"]["wo"]["kernel"] == P("mlp", "embed")
@@ -272,6 +293,3 @@ def test_stack_logical_axes_and_dropout():
     d3 = fwd(v, x, jax.random.PRNGKey(2))
     np.testing.assert_array_equal(np.asarray(d1), np.asarray(d2))
     assert not np.allclose(np.asarray(d1), np.asarray(d3)) and not np.allclose(np.asarray(d1), np.asarray(det))
-    # the gradient flows to every parameter
-    g = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, causal=True) ** 2)))(v["params"])
-    assert all(float(jnp.sum(jnp.abs(leaf))) > 0 for leaf in jax.tree.leaves(unbox(g)))
