@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -87,9 +88,9 @@ def causal_mask(q_len: int, k_len: int | None = None, offset: int | Array = 0) -
       ``[1, 1, Lq, Lk]`` bool for a scalar offset, ``[B, 1, Lq, Lk]`` for a per-example offset.
     """
     if k_len is None:
-        if not isinstance(offset, int):
+        if not isinstance(offset, (int, np.integer)):
             raise ValueError("causal_mask: k_len must be given when offset is an array")
-        k_len = q_len + offset
+        k_len = q_len + int(offset)
     offset = jnp.asarray(offset, dtype=jnp.int32)
     q_pos = offset[..., None] + jnp.arange(q_len, dtype=jnp.int32)  # [Lq] or [B, Lq]
     mask = jnp.arange(k_len, dtype=jnp.int32) <= q_pos[..., None]  # [..., Lq, Lk]
