@@ -1,12 +1,10 @@
 """Amazon 2018 5-core review builder and the internal-only MovieLens 100K builder."""
 
-import dataclasses
 import gzip
 import json
-import subprocess
 import pathlib
+import subprocess
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -192,7 +190,8 @@ def test_movielens_build_synthetic(tmp_path):
 
     def rows(split):
         src = b.as_data_source(split)
-        return sorted((int(r["user_id"]), int(r["item_id"]), int(r["timestamp"])) for r in (src[i] for i in range(len(src))))
+        recs = (src[i] for i in range(len(src)))
+        return sorted((int(r["user_id"]), int(r["item_id"]), int(r["timestamp"])) for r in recs)
 
     # leave-one-out by (timestamp, line): user 2's ties at t=50 are ordered by line (item 1 then item 2)
     assert rows("test") == [(1, 4, 400), (2, 2, 50)]

@@ -157,7 +157,8 @@ def test_missing_split_file_and_checksum(tmp_path):
         ui.JaxrecUserItem(config=cfg, raw_dir=tmp_path / "raw3", data_dir=str(tmp_path / "t"))._split_generators(None)
 
     with pytest.raises(DataError, match="does not exist"):
-        ui.JaxrecUserItem(config=cfg, raw_dir=tmp_path / "nowhere", data_dir=str(tmp_path / "t"))._split_generators(None)
+        ui.JaxrecUserItem(config=cfg, raw_dir=tmp_path / "nowhere",
+                          data_dir=str(tmp_path / "t"))._split_generators(None)
 
 
 def test_catalog_registration():

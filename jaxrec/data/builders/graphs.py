@@ -170,7 +170,8 @@ def read_tu_file(path, *, num_graphs: int, num_classes: int) -> list[dict]:
 
     lineno, toks = next_line("the number of graphs")
     if len(toks) != 1:
-        raise DataError(path, "malformed line", line=lineno, field="num_graphs", expected="one integer", got=" ".join(toks))
+        raise DataError(path, "malformed line", line=lineno, field="num_graphs", expected="one integer",
+                        got=" ".join(toks))
     n_graphs = sio.parse_int(path, lineno, "num_graphs", toks[0])
     if n_graphs != num_graphs:
         raise DataError(path, "graph count differs from the declared one", line=lineno, field="num_graphs",
@@ -184,7 +185,8 @@ def read_tu_file(path, *, num_graphs: int, num_classes: int) -> list[dict]:
         n = sio.parse_int(path, hline, f"graph[{g}].num_nodes", toks[0])
         label = sio.parse_int(path, hline, f"graph[{g}].label", toks[1])
         if n < 1:
-            raise DataError(path, "graph without nodes", line=hline, field=f"graph[{g}].num_nodes", expected=">= 1", got=n)
+            raise DataError(path, "graph without nodes", line=hline, field=f"graph[{g}].num_nodes", expected=">= 1",
+                            got=n)
         sio.check_range(path, hline, f"graph[{g}].label", label, 0, num_classes - 1)
         tags = np.empty(n, np.int32)
         nbrs: list[list[int]] = []
@@ -261,7 +263,8 @@ class JaxrecTuGraphs(sio.RawBuilder):
             both = np.intersect1d(test_idx, train_idx)
             if both.size or test_idx.size + train_idx.size != n:
                 raise DataError(self.raw_folder() / train_rel, "fold files are not a partition of the graphs",
-                                field="graph_index", expected=f"train and test of fold {k} disjoint and covering 0..{n - 1}",
+                                field="graph_index",
+                                expected=f"train and test of fold {k} disjoint and covering 0..{n - 1}",
                                 got={"overlap": int(both.size), "total": int(test_idx.size + train_idx.size)})
             again = test_idx[test_fold[test_idx] != 0]
             if again.size:
@@ -378,7 +381,8 @@ def _csr_to_dense(path, obj, num_features: int) -> np.ndarray:
     f = vars(obj)
     for k in ("_shape", "indptr", "indices", "data"):
         if k not in f:
-            raise DataError(path, "csr_matrix without a required field", field=k, expected="format/_shape/indptr/indices/data")
+            raise DataError(path, "csr_matrix without a required field", field=k,
+                            expected="format/_shape/indptr/indices/data")
     if f.get("format", "csr") != "csr":
         raise DataError(path, "sparse matrix is not CSR", field="format", expected="csr", got=f.get("format"))
     shape = tuple(int(s) for s in f["_shape"])
@@ -602,7 +606,8 @@ def _make_builder(cls, config_name: str):
     return make
 
 
-for _cls, _cfgs, _lic in ((JaxrecTuGraphs, TU_CONFIGS, _TU_LICENCE), (JaxrecPlanetoid, PLANETOID_CONFIGS, _CORA_LICENCE)):
+for _cls, _cfgs, _lic in ((JaxrecTuGraphs, TU_CONFIGS, _TU_LICENCE),
+                          (JaxrecPlanetoid, PLANETOID_CONFIGS, _CORA_LICENCE)):
     for _cfg in _cfgs:
         catalog.register(catalog.DatasetSpec(
             name=_cfg.catalog_name, kind="graph", make_builder=_make_builder(_cls, _cfg.name),

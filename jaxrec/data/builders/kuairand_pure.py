@@ -356,7 +356,8 @@ class JaxrecKuaiRandPure(sio.RawBuilder):
                             expected="at least one (start, end) window")
         for s, (lo, hi) in wins.items():
             if lo > hi:
-                raise DataError(cfg.name, "empty date window", field=f"{s}_dates", expected="start <= end", got=(lo, hi))
+                raise DataError(cfg.name, "empty date window", field=f"{s}_dates", expected="start <= end",
+                                got=(lo, hi))
         ordered = sorted(wins.items(), key=lambda kv: kv[1])
         for (s1, w1), (s2, w2) in zip(ordered, ordered[1:]):
             if w2[0] <= w1[1]:

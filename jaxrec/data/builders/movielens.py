@@ -108,11 +108,13 @@ def _read_items(path, num_items: int, num_genres: int) -> list[list[int]]:
         iid = sio.parse_int(path, lineno, "movie id", parts[0])
         sio.check_range(path, lineno, "movie id", iid, 1, num_items)
         if genres[iid] is not None:
-            raise DataError(path, "duplicate record", line=lineno, field="movie id", expected="each movie once", got=iid)
+            raise DataError(path, "duplicate record", line=lineno, field="movie id", expected="each movie once",
+                            got=iid)
         flags = parts[5:]
         for g, f in enumerate(flags):
             if f not in ("0", "1"):
-                raise DataError(path, "malformed genre flag", line=lineno, field=f"genre[{g}]", expected="0 or 1", got=f)
+                raise DataError(path, "malformed genre flag", line=lineno, field=f"genre[{g}]", expected="0 or 1",
+                                got=f)
         genres[iid] = [g for g, f in enumerate(flags) if f == "1"]
     missing = [i for i, g in enumerate(genres) if g is None]
     if missing:
@@ -201,7 +203,8 @@ class JaxrecMovieLens(sio.RawBuilder):
         stats = {
             "users": int(np.unique(t["user"]).size), "items": int(np.unique(t["item"]).size),
             "interactions": int(len(order)), "ratings_1_to_5": np.bincount(t["rating"], minlength=6)[1:],
-            "min_ratings_per_user": int(counts[1:].min()), "time_range": [int(t["timestamp"].min()), int(t["timestamp"].max())],
+            "min_ratings_per_user": int(counts[1:].min()),
+            "time_range": [int(t["timestamp"].min()), int(t["timestamp"].max())],
             "splits": split_stats,
         }
         self.set_metadata({

@@ -107,7 +107,8 @@ def read_reviews(path, *, time_range: tuple[int, int]) -> list[dict]:
                 try:
                     text = raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as e:
-                    raise DataError(path, f"undecodable bytes ({e.reason})", line=lineno, expected="UTF-8 JSON") from None
+                    raise DataError(path, f"undecodable bytes ({e.reason})", line=lineno,
+                                    expected="UTF-8 JSON") from None
                 if not text.strip():
                     raise DataError(path, "empty record", line=lineno, expected="one JSON object per line")
                 try:
