@@ -315,12 +315,8 @@ def _source_checksums(shared_data, sub):
 
 
 @pytest.fixture(scope="module")
-def real_builds(tmp_path_factory):
-    from jaxrec.data.paths import default_raw_dir
-
-    root = default_raw_dir()
-    if root is None or not root.is_dir():
-        pytest.skip("../shared/data not present (fresh clone): skipping real-data test")
+def real_builds(shared_data, tmp_path_factory):
+    root = shared_data
     data_dir = str(tmp_path_factory.mktemp("graphs_tfds"))
     return {name: catalog.builder(name, raw_dir=root, data_dir=data_dir)
             for name in ("tu_imdb/binary", "tu_imdb/multi", "cora_planetoid")}

@@ -196,12 +196,8 @@ def test_catalog_entry():
 # --------------------------------------------------------------------------------------------------- real data
 
 @pytest.fixture(scope="module")
-def real_dry(tmp_path_factory):
-    from jaxrec.data.paths import default_raw_dir
-
-    root = default_raw_dir()
-    if root is None or not root.is_dir():
-        pytest.skip("../shared/data not present (fresh clone): skipping real-data test")
+def real_dry(shared_data, tmp_path_factory):
+    root = shared_data
     b = catalog.spec("kuairand_pure").make_builder(str(root), str(tmp_path_factory.mktemp("kr_dry")))
     return b, b._split_generators(None)
 

@@ -125,12 +125,8 @@ def test_reviews_file_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_reviews(tmp_path_factory):
-    from jaxrec.data.paths import default_raw_dir
-
-    root = default_raw_dir()
-    if root is None or not root.is_dir():
-        pytest.skip("../shared/data not present (fresh clone): skipping real-data test")
+def real_reviews(shared_data, tmp_path_factory):
+    root = shared_data
     d = str(tmp_path_factory.mktemp("reviews_tfds"))
     return {n: catalog.builder(n, raw_dir=root, data_dir=d)
             for n in ("amazon_reviews_2018_5core/fashion", "amazon_reviews_2018_5core/beauty")}

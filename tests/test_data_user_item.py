@@ -182,13 +182,9 @@ def _source_table(shared_data, family):
 
 
 @pytest.fixture(scope="module")
-def real_dry(tmp_path_factory):
+def real_dry(shared_data, tmp_path_factory):
     """Every real user-item dataset read and checked (no ArrayRecord writing): {name: (builder, generators)}."""
-    from jaxrec.data.paths import default_raw_dir
-
-    root = default_raw_dir()
-    if root is None or not root.is_dir():
-        pytest.skip("../shared/data not present (fresh clone): skipping real-data test")
+    root = shared_data
     out = {}
     for name in NAMES:
         b = catalog.spec(name).make_builder(str(root), str(tmp_path_factory.mktemp("ui_dry")))
