@@ -1,0 +1,512 @@
+"""C2DSR: contrastive cross-domain sequential recommendation (Cao et al., CIKM 2022), model ``c2dsr`` and task
+``c2dsr``. Spec: ../shared/papers/c2dsr.md (read from the official code ``cjx96/C2DSR`` @ 89d4b926).
+
+Id space: C2DSR's own (see :mod:`jaxrec.data.c2dsr_transforms`): X items ``0..NX-1``, Y items ``NX..NX+NY-1``,
+``PAD = NX+NY``, tables ``V = NX+NY+1`` rows; catalogue id ``g`` -> ``g - 1``. Heads are domain-local.
+
+Architecture (shapes: ``B`` batch, ``T`` = ``max_len``, ``d`` = ``embed_dim``, ``P`` = loss positions)::
+
+    E, E_X, E_Y [V, d]                   three item tables, N(0, 1) init, PAD row 0 (kept at 0: masked lookup)
+    H   = GCN(E,   Â)                    Â: mixed transition graph, row-normalised (c2dsr_transforms.build_graphs)
+    H_X = GCN(E_X, Â_s);  H_Y = GCN(E_Y, Â_s)      Â_s: within-domain transitions, shared by X and Y
+    GCN(E, Â) = (E + Â @ Dropout(E) + b) / 2       (kernels.graph.c2dsr_propagate, 1 layer; weight/LeakyReLU unused)
+    enc(s, p, G, E): z = sqrt(d) (G[s] + E[s]) + P[p]; z = Dropout(z) * (s != PAD);
+                     TransformerStack(sasrec_config(d, heads, 0.2, 2, eps=1e-8)), causal  -> [B, T, d]
+    F = enc(seq, pos, H, E);  F_X = enc_X(x_seq, x_pos, H_X, E_X);  F_Y = enc_Y(y_seq, y_pos, H_Y, E_Y)
+    F_cx = enc(corru_x, pos, H, E);  F_cy = enc(corru_y, pos, H, E)     (same weights as F)
+    heads: lin_X: d -> NX, lin_Y: d -> NY, lin_PAD: d -> 1;  D_X, D_Y: bilinear d x d -> 1
+
+Losses (last ``P = 10`` positions; each mean over all ``B * P`` slots, masked slots count in the denominator):
+    L_sx = CE([lin_X(F); lin_PAD(F)], share_x_tgt) * share_x_mask       (NX + 1 classes, PAD class last)
+    L_sy = CE([lin_Y(F); lin_PAD(F)], share_y_tgt) * share_y_mask
+    L_x  = CE([lin_X(F + F_X); lin_PAD(F_X)], x_tgt) * x_mask
+    L_y  = CE([lin_Y(F + F_Y); lin_PAD(F_Y)], y_tgt) * y_mask
+    L_mi_X, L_mi_Y = kernels.losses.c2dsr_infomax_loss(F, F_X, F_Y, F_cx, F_cy, x_mask, y_mask, ...)
+        (full-length target masks; L_mi_X = BCE(D_X(c_Y, s_X), 1) + BCE(D_X(c~_Y, s_X), 0), mirror for Y)
+    L = λ (L_sx + L_sy + L_x + L_y) + (1 - λ)(L_mi_X + L_mi_Y),   λ = 0.7 (kernels.losses.c2dsr_total_loss)
+
+Evaluation (eval mode, GCN once per batch): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
+(no PAD logit), target Y: ``lin_Y(F[:, -1] + F_Y[b, y_last])``; the mixed state at the *last position* plus
+the single-domain state at *its last non-PAD slot* (training pairs both at the same position). Two
+protocols, both vectorised: (a) official: rank among 999 fixed negatives drawn with replacement from the
+target domain, ``rank = 1 + #{neg > gt + 1e-5}``; (b) full ranking over every item of the target domain (same
+tie rule; history items optionally excluded). MRR, NDCG@5/10, HR@1/5/10 averaged per target domain:
+metric names ``X/mrr`` ... (official protocol), ``X/full/mrr`` ..., likewise ``Y/``, and ``all/`` (every
+example).
+
+Quirks of the official code reproduced (default) and the options where the paper differs or is silent:
+  * GCN = propagation + bias, layer mean, no weight / nonlinearity; directed, count-weighted, row-normalised
+    graphs; one single-domain graph for both domains; feature dropout 0.2 on the GCN input in training.
+    ``model.use_graph`` [True]: False drops the GCN (``z = sqrt(d) E[s]``; the "without GNN" ablation).
+    ``model.gnn_layers`` [1].
+  * ``model.key_padding_mask`` [False]: official attention has a causal mask only, so real positions also
+    attend to left-PAD slots (whose keys/values are the projection biases). True = the paper's reading.
+  * ``sqrt(d)`` input scale applied to ``G[s] + E[s]``; positional table of ``T`` rows with row 0 = PAD
+    (at most ``T - 1`` inputs); Q-only pre-LN blocks, LayerNorm eps 1e-8 (nn.transformer.sasrec_config).
+  * ``task.loss_positions`` [10]: only the last 10 positions are supervised (0 = all ``T``); CE averaged
+    over all ``B * P`` slots including masked ones (``keep``-masked rows excluded from the denominator).
+  * ``task.lambda_`` [0.7]: ``L = λ·Σ prediction + (1 − λ)·Σ infomax``. ``λ = 1`` disables the infomax
+    term: the official combination then is just the plain *sum* of the four CE terms (no rescaling), and the
+    two corrupted encoder passes are skipped.
+  * Infomax pooling uses the *target* masks (``x_mask``: X positions with a next-X target), full length;
+    ``D_X`` pairs ``c_Y`` (mixed states pooled at Y target positions) with ``s_X``.
+  * Training data (:mod:`jaxrec.data.c2dsr_transforms`): single-domain targets with the "delete the last X
+    (Y) item if the final item is not X (Y)" rule; the strict ``> NX`` test for a final Y item
+    (``task.y_final_strict`` [True]); lines without an X or a Y target are skipped; corrupted sequences and
+    evaluation negatives drawn once. ``task.drop_policy`` ["resample"]: the engine iterates over the whole
+    ``train`` split, so skipped records are replaced by kept examples (round-robin; see
+    ``C2DSRTrainTable``) and every batch has ``B`` real examples; ``"mask"`` keeps them as zero-weight rows.
+    ``task.graph_lines`` ["all"]: the graphs use every training line (official; skipped lines included),
+    ``"kept"`` only the kept ones.
+  * Not reproducible in this engine: the official batch order is fixed for all epochs (here reshuffled every
+    epoch); model selection is per domain (the engine keeps one best checkpoint by ``train.best_metric``:
+    run with ``X/mrr`` and with ``Y/mrr`` -- training is deterministic, so the two runs share the trajectory).
+  * Init as PyTorch: tables and positions N(0, 1); Linear / Conv1d U(±1/sqrt(fan_in)); MHA xavier in-proj,
+    zero biases; GCN bias U(±1/sqrt(d)); bilinear xavier U(±sqrt(6/(d²+d))), bias 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.kernels import flops as flops_lib
+from jaxrec.kernels import graph as graph_lib
+from jaxrec.kernels import losses, metrics
+from jaxrec.nn.transformer import TransformerStack, sasrec_config, torch_linear_init, uniform_init
+from jaxrec.registry import register_model, register_task
+
+HR_KS = (1, 5, 10)
+NDCG_KS = (5, 10)
+
+
+def _zero_row(init, row: int):
+    """Wraps an initialiser so that row ``row`` (PAD / position 0) starts at 0 (``padding_idx``)."""
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        return init(key, shape, dtype).at[row].set(0)
+
+    return wrapped
+
+
+def _part(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+class C2DSREncoder(nn.Module):
+    """One SASRec-pytorch encoder with its own positional table. ``ids, positions [B, T]`` -> ``[B, T, d]``."""
+
+    pad_id: int
+    embed_dim: int
+    max_len: int
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout_rate: float = 0.2
+    key_padding_mask: bool = False
+    layer_norm_eps: float = 1e-8
+    use_graph: bool = True
+
+    @nn.compact
+    def __call__(self, ids, positions, graph_table, table, *, train: bool = False):
+        """``graph_table`` (GCN output) and ``table`` (raw item table): ``[V, d]``."""
+        d = self.embed_dim
+        pos_table = self.param("pos_embed", _part(_zero_row(nn.initializers.normal(1.0), 0), (None, "embed")),
+                               (self.max_len, d))
+        valid = ids != self.pad_id
+        e = table[ids] * valid[..., None]  # padding_idx: the PAD row never contributes (nor gets a gradient)
+        z = (graph_table[ids] + e) if self.use_graph else e
+        z = z * math.sqrt(d)
+        z = z + pos_table[positions] * (positions != 0)[..., None]
+        z = nn.Dropout(self.dropout_rate)(z, deterministic=not train)
+        z = z * valid[..., None]
+        cfg = sasrec_config(d, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                            num_layers=self.num_blocks, epsilon=self.layer_norm_eps)
+        cfg["mask_keys_with_valid"] = self.key_padding_mask
+        return TransformerStack(**cfg, name="encoder")(z, valid, causal=True, deterministic=not train)
+
+
+@register_model("c2dsr")
+class C2DSR(nn.Module):
+    """C2DSR (official-code semantics; module docstring). Graph edge lists are call arguments.
+
+    ``graphs = {"mixed": (senders, receivers, weight), "single": (...)}``, each ``[E]`` (row-normalised,
+    :func:`jaxrec.data.c2dsr_transforms.build_graphs`).
+
+    Attributes: ``num_x``, ``num_y`` (NX, NY); ``embed_dim`` d [256]; ``num_blocks`` [2]; ``num_heads`` [1];
+    ``max_len`` T [15]; ``dropout_rate`` [0.2]; ``gnn_layers`` [1]; ``use_graph`` [True];
+    ``key_padding_mask`` [False]; ``layer_norm_eps`` [1e-8].
+    """
+
+    num_x: int
+    num_y: int
+    embed_dim: int = 256
+    num_blocks: int = 2
+    num_heads: int = 1
+    max_len: int = 15
+    dropout_rate: float = 0.2
+    gnn_layers: int = 1
+    use_graph: bool = True
+    key_padding_mask: bool = False
+    layer_norm_eps: float = 1e-8
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_x + self.num_y + 1
+
+    @property
+    def pad_id(self) -> int:
+        return self.num_x + self.num_y
+
+    def setup(self):
+        v, d = self.num_nodes, self.embed_dim
+        table_init = _part(_zero_row(nn.initializers.normal(1.0), self.pad_id), ("vocab", "embed"))
+        self.item_emb = self.param("item_emb", table_init, (v, d))
+        self.item_emb_x = self.param("item_emb_x", table_init, (v, d))
+        self.item_emb_y = self.param("item_emb_y", table_init, (v, d))
+        bias_init = _part(uniform_init(1.0 / math.sqrt(d)), (None, "embed"))
+        self.gnn_bias = self.param("gnn_bias", bias_init, (self.gnn_layers, d))
+        self.gnn_bias_x = self.param("gnn_bias_x", bias_init, (self.gnn_layers, d))
+        self.gnn_bias_y = self.param("gnn_bias_y", bias_init, (self.gnn_layers, d))
+        self.gnn_dropout = nn.Dropout(self.dropout_rate)
+        enc = dict(pad_id=self.pad_id, embed_dim=d, max_len=self.max_len, num_blocks=self.num_blocks,
+                   num_heads=self.num_heads, dropout_rate=self.dropout_rate, key_padding_mask=self.key_padding_mask,
+                   layer_norm_eps=self.layer_norm_eps, use_graph=self.use_graph)
+        self.enc = C2DSREncoder(**enc)
+        self.enc_x = C2DSREncoder(**enc)
+        self.enc_y = C2DSREncoder(**enc)
+        lin = torch_linear_init(d)
+        dense = lambda n: nn.Dense(n, kernel_init=_part(lin, ("embed", "vocab")),  # noqa: E731
+                                   bias_init=_part(lin, ("vocab",)))
+        self.lin_x = dense(self.num_x)
+        self.lin_y = dense(self.num_y)
+        self.lin_pad = nn.Dense(1, kernel_init=_part(lin, ("embed", None)), bias_init=_part(lin, (None,)))
+        bil = uniform_init(math.sqrt(6.0 / (d * d + d)))
+        self.disc_x = self.param("disc_x", _part(bil, ("embed", None)), (d, d))
+        self.disc_y = self.param("disc_y", _part(bil, ("embed", None)), (d, d))
+        self.disc_x_bias = self.param("disc_x_bias", nn.initializers.zeros_init(), ())
+        self.disc_y_bias = self.param("disc_y_bias", nn.initializers.zeros_init(), ())
+
+    # ------------------------------------------------------------------------------------------ graph
+    def tables(self, graphs, *, train: bool = False):
+        """``(H, H_X, H_Y, E, E_X, E_Y)``, each ``[V, d]``: GCN outputs and the PAD-masked raw tables."""
+        keep = (jnp.arange(self.num_nodes) != self.pad_id)[:, None]
+        e, ex, ey = self.item_emb * keep, self.item_emb_x * keep, self.item_emb_y * keep
+        if not self.use_graph:
+            return e, ex, ey, e, ex, ey
+        drop = None if not train else (lambda h, layer: self.gnn_dropout(h, deterministic=False))
+
+        def gcn(table, bias, key):
+            s, r, w = graphs[key]
+            return graph_lib.c2dsr_propagate(table, s, r, w, bias, num_nodes=self.num_nodes, dropout_fn=drop)
+
+        return (gcn(e, self.gnn_bias, "mixed"), gcn(ex, self.gnn_bias_x, "single"),
+                gcn(ey, self.gnn_bias_y, "single"), e, ex, ey)
+
+    # ------------------------------------------------------------------------------------------ streams
+    def __call__(self, batch, graphs, *, train: bool = False, corrupted: bool = True):
+        """Encoder states ``{"F", "F_X", "F_Y"[, "F_cx", "F_cy"]}`` ``[B, T, d]`` for a batch with
+        ``seq, x_seq, y_seq, pos, x_pos, y_pos`` (and ``corru_x, corru_y`` when ``corrupted``)."""
+        h, hx, hy, e, ex, ey = self.tables(graphs, train=train)
+        out = {"F": self.enc(batch["seq"], batch["pos"], h, e, train=train),
+               "F_X": self.enc_x(batch["x_seq"], batch["x_pos"], hx, ex, train=train),
+               "F_Y": self.enc_y(batch["y_seq"], batch["y_pos"], hy, ey, train=train)}
+        if corrupted:
+            out["F_cx"] = self.enc(batch["corru_x"], batch["pos"], h, e, train=train)
+            out["F_cy"] = self.enc(batch["corru_y"], batch["pos"], h, e, train=train)
+        return out
+
+    # ------------------------------------------------------------------------------------------ heads
+    def logits_x(self, hidden):
+        """``[..., d] -> [..., NX]``."""
+        return self.lin_x(hidden)
+
+    def logits_y(self, hidden):
+        return self.lin_y(hidden)
+
+    def logit_pad(self, hidden):
+        """``[..., d] -> [..., 1]``."""
+        return self.lin_pad(hidden)
+
+    def discriminators(self):
+        """``(W_X [d, d], b_X, W_Y, b_Y)``: ``D(a, b) = aᵀ W b + β`` (``nn.Bilinear(d, d, 1)``)."""
+        return self.disc_x, self.disc_x_bias, self.disc_y, self.disc_y_bias
+
+    def training_losses(self, batch, graphs, *, train: bool = True, lambda_: float = 0.7,
+                        loss_positions: int = 10):
+        """All six loss terms, the total and the states. ``batch``: training keys (c2dsr_transforms)."""
+        infomax = lambda_ != 1.0
+        st = self(batch, graphs, train=train, corrupted=infomax)
+        f, fx, fy = st["F"], st["F_X"], st["F_Y"]
+        t = f.shape[1]
+        p = t if not loss_positions or loss_positions >= t else int(loss_positions)
+        keep = batch.get("keep")
+        keep = jnp.ones(f.shape[:1], jnp.float32) if keep is None else jnp.asarray(keep, jnp.float32)
+        denom = jnp.maximum(keep.sum(), 1.0) * p
+        sl = lambda a: a[:, t - p:]  # noqa: E731
+        fs, fxs, fys = sl(f), sl(fx), sl(fy)
+        pad_f = self.logit_pad(fs)
+
+        def ce(logits, tgt, mask):
+            m = sl(batch[mask]).astype(jnp.float32) * keep[:, None]
+            return losses.softmax_cross_entropy(logits, sl(batch[tgt]), mask=m, reduction="sum") / denom
+
+        terms = {
+            "loss_sx": ce(jnp.concatenate([self.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask"),
+            "loss_sy": ce(jnp.concatenate([self.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask"),
+            "loss_x": ce(jnp.concatenate([self.logits_x(fs + fxs), self.logit_pad(fxs)], -1), "x_tgt", "x_mask"),
+            "loss_y": ce(jnp.concatenate([self.logits_y(fs + fys), self.logit_pad(fys)], -1), "y_tgt", "y_mask"),
+        }
+        pred = (terms["loss_sx"], terms["loss_sy"], terms["loss_x"], terms["loss_y"])
+        if infomax:
+            wx, bx, wy, by = self.discriminators()
+            xm, ym = batch["x_mask"], batch["y_mask"]
+            pool = losses.masked_mean_pool
+            s_x, s_y = pool(fx, xm), pool(fy, ym)
+            c_x, c_y = pool(f, xm), pool(f, ym)
+            cc_x, cc_y = pool(st["F_cx"], xm), pool(st["F_cy"], ym)
+            kmask = keep > 0
+            terms["loss_mi_x"] = losses.bilinear_infomax_loss(c_y, cc_y, s_x, wx, bx, mask=kmask)
+            terms["loss_mi_y"] = losses.bilinear_infomax_loss(c_x, cc_x, s_y, wy, by, mask=kmask)
+            mi = (terms["loss_mi_x"], terms["loss_mi_y"])
+        else:
+            terms["loss_mi_x"] = terms["loss_mi_y"] = jnp.zeros((), f.dtype)
+            mi = ()
+        terms["loss"] = losses.c2dsr_total_loss(pred, mi, lam=lambda_)
+        return terms, st
+
+    def scores(self, batch, graphs):
+        """Evaluation scores (eval mode): ``(scores_x [B, NX], scores_y [B, NY])`` from
+        ``F[:, -1] + F_X[b, x_last]`` and ``F[:, -1] + F_Y[b, y_last]``."""
+        st = self(batch, graphs, train=False, corrupted=False)
+        f_last = st["F"][:, -1]
+        take = lambda a, idx: jnp.take_along_axis(a, idx[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # noqa
+        ux = f_last + take(st["F_X"], batch["x_last"])
+        uy = f_last + take(st["F_Y"], batch["y_last"])
+        return self.logits_x(ux), self.logits_y(uy)
+
+
+# ---------------------------------------------------------------------------------------------- task
+
+def domain_sizes(data_info) -> tuple[int, int]:
+    """``(NX, NY)`` from a two-domain catalogue whose domain 0 holds ids ``1..NX`` and domain 1 the rest."""
+    from jaxrec.config import ConfigError
+
+    ranges = data_info.domain_item_ranges
+    if not ranges or len(ranges) != 2:
+        raise ConfigError(f"config key 'data.name': C2DSR needs a two-domain dataset, {data_info.name!r} has "
+                          f"domain_item_ranges={ranges!r}")
+    names = list(data_info.domain_names) or list(ranges)
+    (a0, a1), (b0, b1) = (tuple(ranges[names[0]]), tuple(ranges[names[1]]))
+    n = int(data_info.num_items)
+    if not (a0 == 1 and b0 == a1 + 1 and b1 == n):
+        raise ConfigError(f"config key 'data.name': {data_info.name!r} must list domain 0 items as 1..NX and "
+                          f"domain 1 as NX+1..{n}; got {ranges!r}")
+    return int(a1), int(b1 - a1)
+
+
+def _load_train_records(data_info) -> list:
+    from jaxrec.data.pipeline import read_records
+
+    try:
+        import tensorflow_datasets as tfds
+
+        src = tfds.builder_from_directory(data_info.data_dir).as_data_source("train")
+    except Exception:  # noqa: BLE001 -- fall back to the catalogue path
+        from jaxrec.data import catalog
+
+        src = catalog.load(data_info.name, "train")
+    return read_records(src)
+
+
+class C2DSRTask:
+    """The C2DSR task (engine protocol of :class:`jaxrec.train.state.Task`).
+
+    Config keys: ``model.*`` (C2DSR attributes except ``num_x, num_y``); ``task.lambda_`` [0.7],
+    ``task.loss_positions`` [10], ``task.corrupt_seed`` [2040], ``task.y_final_strict`` [True],
+    ``task.drop_policy`` ["resample" | "mask"], ``task.graph_lines`` ["all" | "kept"];
+    ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history`` [False]
+    (full ranking only), ``eval.full_ranking`` [True].
+
+    ``train_records``: the training split's records (default: read from the prepared dataset) -- used once
+    for the item graphs and the precomputed training table.
+    """
+
+    name = "c2dsr"
+
+    def __init__(self, cfg, data_info, train_records=None):
+        from jaxrec import registry
+        from jaxrec.config import ConfigError
+        from jaxrec.data import c2dsr_transforms as ct
+
+        if data_info.kind != "sequence":
+            raise ConfigError(f"config key 'data.name': task 'c2dsr' needs a sequence dataset, "
+                              f"{data_info.name!r} is {data_info.kind!r}")
+        self.cfg = cfg
+        self.data_info = data_info
+        self.num_x, self.num_y = domain_sizes(data_info)
+        model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+        self.model = registry.get_model(cfg.model.name)(num_x=self.num_x, num_y=self.num_y, **model_kwargs)
+        self.max_len = int(self.model.max_len)
+        if self.max_len < 2:
+            raise ConfigError(f"config key 'model.max_len': expected >= 2, got {self.max_len}")
+        task = cfg.task
+        self.lambda_ = float(task.get("lambda_", 0.7))
+        if not 0.0 <= self.lambda_ <= 1.0:
+            raise ConfigError(f"config key 'task.lambda_': expected a value in [0, 1], got {self.lambda_}")
+        self.loss_positions = int(task.get("loss_positions", 10))
+        self.corrupt_seed = int(task.get("corrupt_seed", 2040))
+        self.y_final_strict = bool(task.get("y_final_strict", True))
+        self.drop_policy = task.get("drop_policy", "resample")
+        if self.drop_policy not in ("resample", "mask"):
+            raise ConfigError(f"config key 'task.drop_policy': expected 'resample' or 'mask', got "
+                              f"{self.drop_policy!r}")
+        graph_lines = task.get("graph_lines", "all")
+        if graph_lines not in ("all", "kept"):
+            raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
+        ev = cfg.eval
+        self.num_negatives = int(ev.get("num_negatives", 999))
+        self.negatives_seed = int(ev.get("negatives_seed", 2040))
+        self.exclude_history = bool(ev.get("exclude_history", False))
+        self.full_ranking = bool(ev.get("full_ranking", True))
+
+        if train_records is None:
+            train_records = _load_train_records(data_info)
+        self.table = ct.build_train_table(train_records, self.num_x, self.num_y, self.max_len, self.corrupt_seed,
+                                          self.y_final_strict)
+        seqs = self.table.sequences
+        if graph_lines == "kept":
+            seqs = [s for s, k in zip(seqs, self.table.kept_flags) if k]
+        self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
+
+    # ----------------------------------------------------------------------------------- data
+    @property
+    def num_kept(self) -> int:
+        return self.table.num_kept
+
+    def c2dsr_steps_per_epoch(self, batch_size: int) -> int:
+        """Official steps per epoch: ``ceil(kept / B)`` (the loader pads the last batch by wrapping)."""
+        return math.ceil(self.table.num_kept / batch_size)
+
+    def train_transform(self):
+        from jaxrec.data import c2dsr_transforms as ct
+
+        if self.drop_policy == "resample":
+            return ct.C2DSRResampledTrainTransform(self.table)
+        return ct.C2DSRTrainTransform(self.num_x, self.num_y, self.max_len, self.corrupt_seed, self.y_final_strict)
+
+    def eval_transform(self, split: str):
+        from jaxrec.data import c2dsr_transforms as ct
+
+        return ct.C2DSREvalTransform(self.num_x, self.num_y, self.max_len, self.num_negatives, self.negatives_seed,
+                                     split)
+
+    def dummy_batch(self, batch_size: int) -> dict:
+        from jaxrec.data import c2dsr_transforms as ct
+
+        T = self.max_len
+        fills = ct._train_fills(self.num_x, self.num_y)
+        out = {k: np.full((batch_size, T), fills[k], np.int32) for k in ct.TRAIN_KEYS}
+        out["keep"] = np.ones((batch_size,), bool)
+        out["user_id"] = np.zeros((batch_size,), np.int32)
+        return out
+
+    def graphs(self) -> dict:
+        """The item graphs as jnp arrays (inside jit: compile-time constants)."""
+        return {k: tuple(jnp.asarray(a) for a in v) for k, v in self.graphs_np.items()}
+
+    # ----------------------------------------------------------------------------------- model
+    def init(self, rng, batch):
+        params_rng, dropout_rng = jax.random.split(rng)
+        return self.model.init({"params": params_rng, "dropout": dropout_rng}, batch, self.graphs(), train=False,
+                               lambda_=0.7, loss_positions=self.loss_positions, method="training_losses")
+
+    def loss(self, params, model_state, batch, rng):
+        variables = {"params": params, **model_state}
+        terms, _ = self.model.apply(variables, batch, self.graphs(), train=True, lambda_=self.lambda_,
+                                    loss_positions=self.loss_positions, method="training_losses",
+                                    rngs={"dropout": rng})
+        loss = terms.pop("loss")
+        return loss, (terms, model_state)
+
+    def scores(self, params, model_state, batch):
+        """``(scores_x [B, NX], scores_y [B, NY])``, eval mode."""
+        variables = {"params": params, **model_state}
+        return self.model.apply(variables, batch, self.graphs(), method="scores")
+
+    def evaluate(self, params, model_state, batch):
+        sx, sy = self.scores(params, model_state, batch)
+        return rank_outputs(sx, sy, batch, num_negatives=self.num_negatives, full_ranking=self.full_ranking,
+                            exclude_history=self.exclude_history)
+
+    def accumulate(self, acc, outputs, batch) -> None:
+        accumulate_by_domain(acc, outputs, batch)
+
+    def train_flops_per_example(self) -> float:
+        m = self.model
+        d, T = m.embed_dim, m.max_len
+        p = T if not self.loss_positions or self.loss_positions >= T else self.loss_positions
+        block = flops_lib.transformer_block(T, d, m.num_heads, d // m.num_heads, d, causal_half=False)
+        passes = 3 + (2 if self.lambda_ != 1.0 else 0)
+        heads = flops_lib.dense(p, d, 2 * (self.num_x + 1) + 2 * (self.num_y + 1))
+        # the GCN runs once per step over the three tables (mixed graph once, single-domain graph twice); its
+        # cost is shared by the batch
+        num_edges = len(self.graphs_np["mixed"][0]) + 2 * len(self.graphs_np["single"][0])
+        gcn = 2.0 * d * num_edges * m.gnn_layers if m.use_graph else 0.0
+        return flops_lib.training(passes * m.num_blocks * block + heads) + flops_lib.training(gcn) / max(
+            int(self.cfg.train.batch_size), 1)
+
+
+def rank_outputs(scores_x, scores_y, batch, *, num_negatives: int = 999, full_ranking: bool = True,
+                 exclude_history: bool = False) -> dict:
+    """Per-example ranking metrics ``[B]`` of both protocols for rows with X and Y targets.
+
+    ``batch``: ``gt [B]`` domain-local target, ``is_y [B]``, ``negatives [B, N]`` domain-local, ``history
+    [B, M]`` (domain-local, ``-1`` padding; used when ``exclude_history``). Returns ``{"sampled/<m>",
+    "full/<m>", "sampled/rank", "full/rank"}`` with C2DSR's tie rule ``rank = 1 + #{s > s_gt + 1e-5}``.
+    """
+    is_y = jnp.asarray(batch["is_y"], bool)
+    gt = jnp.asarray(batch["gt"], jnp.int32)
+    nx, ny = scores_x.shape[-1], scores_y.shape[-1]
+    gx, gy = jnp.clip(gt, 0, nx - 1), jnp.clip(gt, 0, ny - 1)
+    out = {}
+    if num_negatives:
+        negs = jnp.asarray(batch["negatives"], jnp.int32)
+        pos = jnp.where(is_y, jnp.take_along_axis(scores_y, gy[:, None], 1)[:, 0],
+                        jnp.take_along_axis(scores_x, gx[:, None], 1)[:, 0])
+        neg = jnp.where(is_y[:, None], jnp.take_along_axis(scores_y, jnp.clip(negs, 0, ny - 1), 1),
+                        jnp.take_along_axis(scores_x, jnp.clip(negs, 0, nx - 1), 1))
+        rank = metrics.rank_against_negatives(pos, neg)
+        out.update({f"sampled/{k}": v for k, v in metrics.ranking_metrics(rank, HR_KS, NDCG_KS).items()})
+        out["sampled/rank"] = rank
+    if full_ranking:
+        hist = jnp.asarray(batch["history"], jnp.int32) if exclude_history else None
+        rx = metrics.rank_in_catalogue(scores_x, gx, exclude_ids=hist, exclude_pad_id=-1)
+        ry = metrics.rank_in_catalogue(scores_y, gy, exclude_ids=hist, exclude_pad_id=-1)
+        rank = jnp.where(is_y, ry, rx)
+        out.update({f"full/{k}": v for k, v in metrics.ranking_metrics(rank, HR_KS, NDCG_KS).items()})
+        out["full/rank"] = rank
+    return out
+
+
+def accumulate_by_domain(acc, outputs, batch) -> None:
+    """Averages per target domain: ``X/<m>`` and ``Y/<m>`` (official protocol), ``X/full/<m>`` ...,
+    and ``all/...`` over every real example; the ``rank`` entries are not averaged."""
+    valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(np.shape(batch["is_y"]), bool)
+    is_y = np.asarray(batch["is_y"], bool)
+    for key, v in outputs.items():
+        proto, name = key.split("/", 1)
+        if name == "rank":
+            continue
+        suffix = name if proto == "sampled" else f"full/{name}"
+        acc.add(f"X/{suffix}", v, mask=valid & ~is_y)
+        acc.add(f"Y/{suffix}", v, mask=valid & is_y)
+        acc.add(f"all/{suffix}", v, mask=valid)
+
+
+@register_task("c2dsr")
+def make_c2dsr_task(cfg, data_info) -> C2DSRTask:
+    return C2DSRTask(cfg, data_info)
