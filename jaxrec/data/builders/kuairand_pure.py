@@ -465,6 +465,7 @@ def _log_stats(col: dict[str, np.ndarray]) -> dict:
     tabs, counts = np.unique(col["tab"], return_counts=True)
     return {
         "rows": int(n), "users": int(np.unique(col["user_id"]).size), "videos": int(np.unique(col["video_id"]).size),
+        "user_id_range": sio.id_stats(col["user_id"])["range"], "video_id_range": sio.id_stats(col["video_id"])["range"],
         "positive_rates": {c: round(float(col[c].mean()), 5) for c in BINARY_LABELS + ("is_rand",)},
         "median_play_time_ms": float(np.median(col["play_time_ms"])),
         "median_duration_ms": float(np.median(col["duration_ms"])),

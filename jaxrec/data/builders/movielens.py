@@ -199,7 +199,8 @@ class JaxrecMovieLens(sio.RawBuilder):
         for s, name in enumerate(names):
             m = split_of == s
             split_stats[name] = {"users": int(np.unique(t["user"][m]).size), "items": int(np.unique(t["item"][m]).size),
-                                 "interactions": int(m.sum())}
+                                 "interactions": int(m.sum()), "user_id_range": sio.id_stats(t["user"][m])["range"],
+                                 "item_id_range": sio.id_stats(t["item"][m])["range"]}
         stats = {
             "users": int(np.unique(t["user"]).size), "items": int(np.unique(t["item"]).size),
             "interactions": int(len(order)), "ratings_1_to_5": np.bincount(t["rating"], minlength=6)[1:],

@@ -221,7 +221,8 @@ class JaxrecAmazonReviews(sio.RawBuilder):
             "mean_text_length": round(float(np.mean([len(t) for t in texts])), 1) if texts else 0.0,
             "verified": sum(r["verified"] for r in kept),
             "file_stats": _file_stats(rows),  # before the duplicate drop: the figures SOURCE.md quotes
-            "splits": {"full": {"users": len(user_keys), "items": len(item_keys), "interactions": len(kept)}},
+            "splits": {"full": {"users": len(user_keys), "items": len(item_keys), "interactions": len(kept),
+                                "user_id_range": [0, len(user_keys) - 1], "item_id_range": [1, len(item_keys)]}},
         }
         self.set_metadata({"catalog_name": cfg.catalog_name, "num_users": len(user_keys),
                            "num_items": len(item_keys), "user_keys": user_keys, "item_keys": item_keys,
