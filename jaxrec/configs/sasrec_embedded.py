@@ -12,14 +12,14 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
-        name="sasrec", embed_dim=64, num_blocks=2, num_heads=1, max_len=50, dropout_rate=0.2))
+        name="sasrec", embed_dim=64, num_blocks=2, num_heads=1, max_len=20, dropout_rate=0.2))
     c.task = ml_collections.ConfigDict(dict(name="seqrec", loss="softmax", num_loss_negatives=1))
     c.data = ml_collections.ConfigDict(dict(name="kuairand_embedded"))
     c.train = ml_collections.ConfigDict(dict(
         seed=0, batch_size=128, num_epochs=20, num_steps=0, log_every=20, eval_every=0, checkpoint_every=0,
         best_metric="full/ndcg@10", best_mode="max"))
     c.eval = ml_collections.ConfigDict(dict(
-        batch_size=256, num_negatives=100, negatives_seed=12345, exclude_history=True,
+        batch_size=256, num_negatives=100, negatives_seed=12345, exclude_history=True, history_len=200, ties="half",
         valid_split="valid", test_split="test"))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=1e-3, b1=0.9, b2=0.98, weight_decay=0.0, grad_clip_norm=0.0,

@@ -14,7 +14,8 @@ Choices (config options, defaults in brackets):
   * ``mask_keys_with_valid`` [True]: key-padding mask in attention. SASRec-pytorch and C2DSR use the causal
     mask only, so real positions also attend to left-padding slots; C2DSR sets False for parity.
   * task ``loss`` ["softmax"]: full-catalogue softmax cross-entropy at every position with a target
-    (SASRec-CE, the stronger modern reading); ``"bce"``: the paper's binary cross-entropy with one uniformly
+    (SASRec-CE, the stronger modern reading); ``"sampled_softmax"``: softmax over the target and
+    ``task.num_loss_negatives`` uniform negatives shared by the batch (for large catalogues); ``"bce"``: the paper's binary cross-entropy with one uniformly
     sampled negative per position (negatives may rarely hit a positive; the original code resamples only
     against the user's history).
   * evaluation: the representation of the last position scores (a) the whole catalogue, excluding padding
@@ -134,10 +135,12 @@ class SeqRecTask:
         self.model = registry.get_model(cfg.model.name)(num_items=self.num_items, **model_kwargs)
         self.max_len = int(cfg.model.max_len)
         self.loss_type = cfg.task.get("loss", "softmax")
-        if self.loss_type not in ("softmax", "bce"):
+        if self.loss_type not in ("softmax", "sampled_softmax", "bce"):
             from jaxrec.config import ConfigError
 
-            raise ConfigError(f"config key 'task.loss': expected 'softmax' or 'bce', got {self.loss_type!r}")
+            raise ConfigError(f"config key 'task.loss': expected 'softmax', 'sampled_softmax' or 'bce', "
+                              f"got {self.loss_type!r}")
+        self.num_loss_negatives = int(cfg.task.get("num_loss_negatives", 1))
         self.num_negatives = int(cfg.eval.get("num_negatives", 100))
         self.ties = cfg.eval.get("ties", "half")
         self.exclude_history = bool(cfg.eval.get("exclude_history", True))
@@ -174,6 +177,16 @@ class SeqRecTask:
             logits = self.model.apply(variables, hidden, method="logits")  # [B, L, V+1]
             logits = logits.at[..., PAD_ID].set(-1e9)
             loss = losses.softmax_cross_entropy(logits, batch["target_ids"], mask=mask)
+        elif self.loss_type == "sampled_softmax":
+            # N uniform negatives shared by every position of the batch; uniform sampling makes logQ a
+            # constant, which cancels in the softmax; negatives equal to a position's target are masked.
+            neg = jax.random.randint(jax.random.fold_in(rng, 1), (self.num_loss_negatives,), 1, self.num_items + 1)
+            b, l, d = hidden.shape
+            table = self.model.apply(variables, method="item_table")
+            loss = losses.sampled_softmax_loss(
+                hidden.reshape(b * l, d), table[batch["target_ids"].reshape(b * l)], table[neg],
+                pos_ids=batch["target_ids"].reshape(b * l), neg_ids=neg, remove_accidental_hits=True,
+                mask=mask.reshape(b * l))
         else:
             neg_rng = jax.random.fold_in(rng, 1)
             neg = jax.random.randint(neg_rng, batch["target_ids"].shape, 1, self.num_items + 1)
@@ -214,6 +227,8 @@ class SeqRecTask:
         m = self.cfg.model
         fwd = sasrec_forward_flops(self.num_items, self.max_len, m.embed_dim, m.num_blocks, m.num_heads,
                                    head_positions=self.max_len if self.loss_type == "softmax" else 0)
+        if self.loss_type == "sampled_softmax":
+            fwd += flops_lib.dense(self.max_len, m.embed_dim, self.num_loss_negatives + 1)
         return flops_lib.training(fwd)
 
 

@@ -73,8 +73,8 @@ def build_train_state(task, tx: optax.GradientTransformation, partitioner: Parti
     return partitioner.init(init_fn, rng)
 
 
-def make_train_step(task, tx: optax.GradientTransformation, partitioner: Partitioner, state_shardings):
-    """``step(state, batch) -> (new_state, metrics)``, jitted, sharded, state donated."""
+def train_step_fn(task, tx: optax.GradientTransformation):
+    """The pure (unjitted) step ``(state, batch) -> (new_state, metrics)``."""
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -92,7 +92,12 @@ def make_train_step(task, tx: optax.GradientTransformation, partitioner: Partiti
                                   model_state=new_model_state)
         return new_state, metrics
 
-    return partitioner.partition(step, in_shardings=(state_shardings, partitioner.data_sharding),
+    return step
+
+
+def make_train_step(task, tx: optax.GradientTransformation, partitioner: Partitioner, state_shardings):
+    """``step(state, batch) -> (new_state, metrics)``, jitted, sharded, state donated."""
+    return partitioner.partition(train_step_fn(task, tx), in_shardings=(state_shardings, partitioner.data_sharding),
                                  out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
 
 
