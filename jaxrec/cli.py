@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrec.train.checkpoint import CheckpointOwnershipError
 
     try:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # one line per prepared dataset, not thousands of bar updates
         if getattr(args, "multihost", False):
             from jaxrec.parallel.distributed import initialize
 
