@@ -131,6 +131,8 @@ def train_example(s, num_x: int, num_y: int, max_len: int, rng: np.random.Genera
         return None
     pad = num_x + num_y
     d, g = s[:-1], s[1:]
+    if (d < num_x).all() or (d >= num_x).all():
+        return None  # a stream without inputs has no target: "pass sequence x/y" (shortcut, same result)
     length = d.shape[0]
     is_x, x_seq, y_seq, pos, x_pos, y_pos = _streams(d, num_x, num_y)
     corru_x = np.where(is_x, d, rng.integers(num_x, num_x + num_y, size=length))
