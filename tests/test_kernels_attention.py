@@ -9,6 +9,8 @@ import pytest
 
 from jaxrec.kernels import attention as A
 
+from helpers import rand
+
 ATOL = 1e-5
 
 
@@ -37,17 +39,7 @@ def ref_attention(q, k, v, mask=None, bias=None, scale=None):
     return out, weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
-    prev = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", prev)
-
-
-def rand(seed, *shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def bern(seed, p, shape):

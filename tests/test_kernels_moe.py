@@ -7,18 +7,10 @@ import pytest
 
 from jaxrec.kernels import moe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
-    prev = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", prev)
+from helpers import rand
 
 
-def rand(seed, *shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def ref_softmax(row, allowed):

@@ -12,21 +12,13 @@ from jax.sharding import PartitionSpec as P
 from jaxrec.kernels import attention as A
 from jaxrec.nn import transformer as T
 
+from helpers import rand
+
 B, L, D = 2, 5, 8
 ATOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Small shapes: XLA's optimisation passes cost more than they save here (restored afterwards)."""
-    prev = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", prev)
-
-
-def rand(seed, *shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def ref_attention(q, k, v, mask):
