@@ -234,7 +234,7 @@ class KuaiFormer(nn.Module):
     Attributes:
       num_items: ids ``0..num_items`` (0 padding, 1 OOV). num_domains, side_dim, token_mlp_hidden: side feature
         and token MLP (:class:`TokenEmbed`).
-      embed_dim d, num_layers L, num_heads M, mlp_dim (SwiGLU width; None = round(8d/3)).
+      embed_dim d, num_layers L, num_heads M, mlp_dim (SwiGLU width; None or 0 = round(8d/3)).
       max_len: n. compress: ``((size, count), ...)`` oldest first, ``()`` = no compression.
       share_compressor: one encoder for every group size (default: one per entry). compressor_layers: 1 [P].
       num_queries: k. query_attend_each_other: causal among queries [P] (False: isolated).
@@ -265,15 +265,16 @@ class KuaiFormer(nn.Module):
         self._compress = _check_compress(self.compress, self.max_len)
         self.token_embed = TokenEmbed(self.num_items, self.num_domains, self.embed_dim, self.side_dim,
                                       tuple(self.token_mlp_hidden), name="token_embed")
-        ccfg = llama_config(self.embed_dim, self.num_heads, self.compressor_layers, self.mlp_dim, self.dropout_rate)
+        ccfg = llama_config(self.embed_dim, self.num_heads, self.compressor_layers, self.mlp_dim or None,
+                            self.dropout_rate)
         ccfg["final_norm"] = False
         if self.share_compressor:
             shared = TransformerStack(**ccfg, name="compressor")
             self.compressors = [shared] * len(self._compress)
         else:
             self.compressors = [TransformerStack(**ccfg, name=f"compressor_{i}") for i in range(len(self._compress))]
-        self.stack = TransformerStack(**llama_config(self.embed_dim, self.num_heads, self.num_layers, self.mlp_dim,
-                                                     self.dropout_rate), name="stack")
+        self.stack = TransformerStack(**llama_config(self.embed_dim, self.num_heads, self.num_layers,
+                                                     self.mlp_dim or None, self.dropout_rate), name="stack")
         self.query_tokens = self.param("query_tokens", nn.with_logical_partitioning(
             nn.initializers.normal(stddev=1.0), (None, "embed")), (self.num_queries, self.embed_dim))
         self.token_dropout = nn.Dropout(self.dropout_rate)
@@ -370,7 +371,7 @@ def kuaiformer_forward_flops(max_len: int, embed_dim: int, num_layers: int, num_
     """
     c = _check_compress(compress, max_len)
     d = embed_dim
-    f = llama_config(d, num_heads, 1, mlp_dim)["mlp_dim"]
+    f = llama_config(d, num_heads, 1, mlp_dim or None)["mlp_dim"]
     hd = d // num_heads
     total = flops_lib.dense(max_len, token_in or d, d)
     for size, count in c:
