@@ -11,6 +11,8 @@ from jaxrec.kernels import moe
 from jaxrec.nn.experts import (BatchedDense, ExpertBank, FeatureGate, GateNetwork, MoELevel, as_static_mask,
                                self_gate_weights)
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # tiny shapes: skip XLA optimisation passes
+
 
 def _np(x):
     return np.asarray(jax.device_get(x), np.float64)

@@ -17,6 +17,8 @@ from jaxrec.parallel.partitioner import Partitioner
 from jaxrec.train import steps as steps_lib
 from jaxrec.train.loop import evaluate
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # tiny shapes: skip XLA optimisation passes
+
 TASKS, GROUPS = mt.DEFAULT_TASKS, mt.DEFAULT_GROUPS
 
 

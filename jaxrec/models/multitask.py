@@ -112,7 +112,7 @@ from jaxrec.registry import register_model, register_task
 __all__ = [
     "DEFAULT_TASKS", "DEFAULT_GROUPS", "LevelPlan", "plan_levels", "MultiTaskEmbedding", "Towers",
     "MultiTaskMoE", "MMoE", "CGC", "PLE", "HoME", "parameter_counts", "DEFAULT_PARAM_COUNTS",
-    "MultiTaskRankingTask", "per_example_diagnostics",
+    "MultiTaskRankingTask", "per_example_diagnostics", "experiment_config", "ABLATIONS",
 ]
 
 DEFAULT_TASKS = ("is_click", "long_view", "is_like", "is_follow", "is_comment", "is_forward", "is_profile_enter")
@@ -699,6 +699,8 @@ class MultiTaskRankingTask:
         self.schema = (mtt.schema_from_metadata(md, int(t.get("max_tags", 3))) if "user_feature_max" in md
                        else dataclasses.replace(mtt.KUAIRAND_PURE_SCHEMA, max_tags=int(t.get("max_tags", 3))))
         model_kwargs = {k: _cfg_tuple(v) for k, v in cfg.model.items() if k != "name"}
+        if model_kwargs.get("expert_hidden_act") == "":
+            model_kwargs["expert_hidden_act"] = None
         self.model = registry.get_model(cfg.model.name)(
             field_vocab=self.schema.field_vocab, num_users=self.schema.num_users, num_videos=self.schema.num_videos,
             tag_vocab=self.schema.tag_vocab, tasks=self.tasks, task_groups=self.task_groups, **model_kwargs)
@@ -858,3 +860,74 @@ class MultiTaskRankingTask:
 @register_task("multitask_ranking")
 def make_multitask_task(cfg, data_info) -> MultiTaskRankingTask:
     return MultiTaskRankingTask(cfg, data_info)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+# Named variants for ``experiment_config(model, arg)`` (``--config experiments/<model>_kuairand_pure.py:ARG``):
+ABLATIONS = {
+    "home": {
+        "no_bn_swish": dict(expert_norm="none", expert_act="relu"),  # -expert normalisation + Swish
+        "no_mask": dict(hierarchy_mask=False),  # -hierarchy mask (every gate sees its whole level)
+        "no_feature_gate": dict(feature_gate="none"),
+        "no_self_gate": dict(self_gate="none"),
+        "feature_gate_per_group": dict(feature_gate="per_group"),
+        "gate_input_cat": dict(gate_input="cat"),
+    },
+    "mmoe": {"bn_swish": dict(expert_norm="batch", expert_act="swish"),  # "MMoE + BN + Swish"
+             "stress": dict(expert_hidden=(256, 256))},  # deeper experts (run with a 5x learning rate)
+    "cgc": {"bn_swish": dict(expert_norm="batch", expert_act="swish")},
+    "ple": {"bn_swish": dict(expert_norm="batch", expert_act="swish")},
+}
+
+
+def experiment_config(model: str, arg: str | None = None):
+    """The ``kuairand_pure`` experiment config of ``model`` (mmoe | cgc | ple | home) -- used by
+    ``experiments/<model>_kuairand_pure.py``.
+
+    ``arg``: None (the default model), ``"tiny"`` (a smoke run: small widths, 20 steps), a name of
+    :data:`ABLATIONS` ``[model]``, or several joined with commas (e.g. ``"no_mask,tiny"``; applied left to
+    right). ``model`` holds every attribute of the registered model (its defaults) except the dataset schema and
+    the task list, so any option can be overridden with ``--config.model.KEY=VALUE``.
+    """
+    import ml_collections
+
+    from jaxrec.config import ConfigError
+
+    from jaxrec import registry
+
+    cls = registry.get_model(model)
+    schema_keys = {"field_vocab", "num_users", "num_videos", "tag_vocab", "tasks", "task_groups", "parent", "name"}
+    defaults = {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)
+                if f.name not in schema_keys and f.init}
+    if "expert_hidden_act" in defaults and defaults["expert_hidden_act"] is None:
+        defaults["expert_hidden_act"] = ""  # "" = same as expert_act (a str key, so it can be overridden)
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(name=model, **defaults))
+    c.task = ml_collections.ConfigDict(dict(
+        name="multitask_ranking", tasks=DEFAULT_TASKS, task_groups=DEFAULT_GROUPS, loss_weights=(),
+        history_len=20, history_source="train", history_label="is_click", max_tags=3, diagnostics=True,
+        near_zero=1e-6))
+    c.data = ml_collections.ConfigDict(dict(name="kuairand_pure", cache=True))
+    c.train = ml_collections.ConfigDict(dict(
+        seed=0, batch_size=2048, num_epochs=4, num_steps=0, log_every=20, eval_every=0, checkpoint_every=0,
+        best_metric="gauc/mean", best_mode="max"))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=4096, valid_split="valid", test_split="test"))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0,
+        schedule="constant", warmup_steps=0))
+    c.mesh = ml_collections.ConfigDict(dict(axes=(("data", -1),), rules=()))
+    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
+        if part == "tiny":
+            c.model.embed_dim, c.model.expert_dim, c.model.tower_hidden = 8, 32, (16,)
+            if model in ("mmoe", "cgc"):
+                c.model.expert_hidden = (32,)
+            if model == "home":
+                c.model.feature_gate_rank = 8
+            c.train.num_steps, c.train.batch_size, c.train.log_every, c.train.eval_every = 20, 512, 5, 20
+        elif part in ABLATIONS.get(model, {}):
+            for k, v in ABLATIONS[model][part].items():
+                c.model[k] = v
+        else:
+            raise ConfigError(f"config arg {part!r}: expected 'tiny' or one of {sorted(ABLATIONS.get(model, {}))}")
+    return c
