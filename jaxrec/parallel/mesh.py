@@ -20,9 +20,10 @@ row-shard embedding tables. A rule naming a mesh axis the mesh does not have (``
 mesh) means "replicated": the same config runs on 1 device, 8 devices and a pod slice, only ``mesh.axes``
 changes.
 
-Device order: the last mesh axis varies fastest and, on TPU, ``mesh_utils.create_device_mesh`` keeps it within
-the fast (ICI) interconnect; put the axes that communicate most (``model``, ``expert``) last and ``data`` first.
-In a multi-process run the ``data`` axis spans processes, so each process feeds only its own rows.
+Device order: the last mesh axis varies fastest; on TPU ``mesh_utils.create_device_mesh`` lays the axes along
+the physical torus so the last axes connect neighbouring chips. Put the axes that communicate most (``model``,
+``expert``) last and ``data`` first. In a multi-process run the ``data`` axis spans processes, so each process
+feeds only its own rows.
 """
 
 from __future__ import annotations
