@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-import jax
+from jaxrec.config import ConfigError
 
 DEFAULT_INIT_TIMEOUT = 300
 DEFAULT_HEARTBEAT_TIMEOUT = 100
@@ -46,8 +46,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """``jax.distributed.initialize`` with jaxrec's flags / environment; call before any other JAX use.
 
     Without a coordinator (argument or ``JAXREC_COORDINATOR``), JAX's own cluster detection is used (Cloud TPU,
-    SLURM, Open MPI, GKE). With one, ``num_processes`` and ``process_id`` are required.
+    SLURM, Open MPI, GKE). With one, ``num_processes`` and ``process_id`` are required. Bad combinations raise
+    :class:`jaxrec.config.ConfigError` (a ``ValueError``; the CLI prints it as one line) before JAX is touched.
     """
+    import jax
+
     coordinator = coordinator or os.environ.get("JAXREC_COORDINATOR") or None
     num_processes = num_processes if num_processes is not None else _int_env("JAXREC_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _int_env("JAXREC_PROCESS_ID")
@@ -56,20 +59,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                            else (_int_env("JAXREC_HEARTBEAT_TIMEOUT") or DEFAULT_HEARTBEAT_TIMEOUT))
     local_devices = local_devices if local_devices is not None else _int_env("JAXREC_LOCAL_DEVICES")
     if timeout_s <= 0 or heartbeat_timeout_s <= 0:
-        raise ValueError(f"multihost: timeouts must be positive seconds, got init_timeout={timeout_s}, "
+        raise ConfigError(f"multihost: timeouts must be positive seconds, got init_timeout={timeout_s}, "
                          f"heartbeat_timeout={heartbeat_timeout_s}")
     kwargs = {"initialization_timeout": int(timeout_s), "heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
     if coordinator is not None:
         if num_processes is None or process_id is None:
-            raise ValueError(f"multihost: coordinator {coordinator!r} given, but --num_processes / "
+            raise ConfigError(f"multihost: coordinator {coordinator!r} given, but --num_processes / "
                              f"JAXREC_NUM_PROCESSES and --process_id / JAXREC_PROCESS_ID are also required")
         if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise ValueError(f"multihost: process_id must be in [0, {num_processes}), got {process_id}")
+            raise ConfigError(f"multihost: process_id must be in [0, {num_processes}), got {process_id}")
         if ":" not in coordinator:
-            raise ValueError(f"multihost: coordinator must be host:port, got {coordinator!r}")
+            raise ConfigError(f"multihost: coordinator must be host:port, got {coordinator!r}")
         kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     elif num_processes is not None or process_id is not None:
-        raise ValueError("multihost: --num_processes / --process_id need --coordinator (or JAXREC_COORDINATOR)")
+        raise ConfigError("multihost: --num_processes / --process_id need --coordinator (or JAXREC_COORDINATOR)")
     # cross-process collectives of the CPU backend (no effect on TPU / GPU computations)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if local_devices:
@@ -115,7 +118,7 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
         given = [f"--{f}" for f in flags if getattr(args, f, None) is not None]
         if not given:
             return False
-        raise ValueError(f"multihost: {' '.join(given)} given without --multihost")
+        raise ConfigError(f"multihost: {' '.join(given)} given without --multihost")
     initialize(coordinator=getattr(args, "coordinator", None), num_processes=getattr(args, "num_processes", None),
                process_id=getattr(args, "process_id", None), timeout_s=getattr(args, "init_timeout", None),
                heartbeat_timeout_s=getattr(args, "heartbeat_timeout", None),
@@ -124,10 +127,14 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
 
 
 def is_initialized() -> bool:
+    import jax
+
     return jax.distributed.is_initialized()
 
 
 def shutdown() -> None:
+    import jax
+
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
 
@@ -139,4 +146,4 @@ def _int_env(name: str) -> int | None:
     try:
         return int(v)
     except ValueError:
-        raise ValueError(f"environment variable {name}: expected an int, got {v!r}") from None
+        raise ConfigError(f"environment variable {name}: expected an int, got {v!r}") from None
