@@ -89,6 +89,15 @@ def train(args) -> None:
     for k in range(args.steps):
         state, m = step(state, part.shard_inputs(next(it)))
         print(f"process {pid}: step {k + 1} loss {float(m['loss']):.6f}", flush=True)
+    # shard_inputs / local_rows / gather round trips of a process-local batch
+    local = next(it)
+    placed = part.shard_inputs(local)
+    back = part.local_rows(placed)
+    full = part.gather(placed)
+    for k in local:
+        np.testing.assert_array_equal(back[k], local[k])
+        rows = local[k].shape[0]
+        np.testing.assert_array_equal(full[k][pid * rows:(pid + 1) * rows], local[k])
     out = pathlib.Path(args.out)
     params = part.gather(state.params)  # a collective: every process calls it
     if pid == 0:
