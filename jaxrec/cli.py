@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default runs/MODEL_DATA)")
     t.add_argument("--no_progress", action="store_true", help="no progress bar (logs only)")
     t.add_argument("--multihost", action="store_true",
-                   help="call jax.distributed.initialize() from the usual environment variables before training")
+                   help="call jax.distributed.initialize() before training (flags below or JAXREC_* environment)")
+    from jaxrec.parallel.distributed import add_multihost_args
+
+    add_multihost_args(t)
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a split",
@@ -157,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
         tfds.disable_progress_bar()  # one line per prepared dataset, not thousands of bar updates
         if getattr(args, "multihost", False):
-            from jaxrec.parallel.distributed import initialize
+            from jaxrec.parallel.distributed import initialize_from_args
 
-            initialize()
+            initialize_from_args(args)
         return args.fn(args, overrides)
     except (ConfigError, DataError, CheckpointOwnershipError, FileNotFoundError) as e:
         print(f"jaxrec: error: {e}", file=sys.stderr)

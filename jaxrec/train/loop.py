@@ -46,8 +46,12 @@ def evaluate(eval_step, state, batches: Iterable[dict], partitioner: Partitioner
     """
     acc = MetricAccumulator()
     custom = getattr(task, "accumulate", None)
+    multiprocess = jax.process_count() > 1
     for batch in batches:
-        out = jax.device_get(eval_step(state, partitioner.shard_inputs(batch)))
+        sharded = partitioner.shard_inputs(batch)
+        out = partitioner.gather(eval_step(state, sharded))  # every process sees the global batch
+        if multiprocess:
+            batch = partitioner.gather(sharded)
         if custom is not None:
             custom(acc, out, batch)
         else:

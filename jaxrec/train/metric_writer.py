@@ -1,4 +1,5 @@
-"""Metric logging: one JSON object per line (``metrics.jsonl``) and TensorBoard event files (``tb/``).
+"""Metric logging: one JSON object per line (``metrics.jsonl``) and TensorBoard event files (``tb/``),
+written by process 0 only in multi-host runs.
 
 tensorboardX writes TensorBoard event files without TensorFlow. On resume, ``truncate_after(step)`` drops
 JSONL lines logged after the restored checkpoint (they will be logged again by the resumed run), so the file
@@ -22,17 +23,20 @@ def _to_float(v):
 
 class MetricWriter:
     def __init__(self, workdir, *, tensorboard: bool = True):
+        import jax
+
+        self.enabled = jax.process_index() == 0  # one writer per run, not one per host
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.workdir / "metrics.jsonl"
         self._tb = None
-        if tensorboard:
+        if tensorboard and self.enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tb"))
 
     def truncate_after(self, step: int) -> None:
-        if not self.jsonl_path.exists():
+        if not self.enabled or not self.jsonl_path.exists():
             return
         keep = []
         for line in self.jsonl_path.read_text().splitlines():
@@ -49,6 +53,8 @@ class MetricWriter:
             f = _to_float(v)
             if f is not None:
                 row[f"{prefix}{k}"] = f
+        if not self.enabled:
+            return row
         with self.jsonl_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if self._tb is not None:

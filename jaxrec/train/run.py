@@ -23,13 +23,10 @@ from jaxrec.config import ConfigError
 
 
 def build_partitioner(cfg):
-    from jaxrec.parallel.mesh import DEFAULT_RULES, make_mesh
+    """The mesh and logical-axis rules of ``cfg.mesh`` (defaults: data parallel over all devices)."""
     from jaxrec.parallel.partitioner import Partitioner
 
-    mesh_cfg = cfg.get("mesh", None)
-    axes = tuple(tuple(a) for a in mesh_cfg.axes) if mesh_cfg is not None else (("data", -1),)
-    rules = tuple(tuple(r) for r in mesh_cfg.rules) if mesh_cfg is not None and mesh_cfg.get("rules") else DEFAULT_RULES
-    return Partitioner(make_mesh(axes), rules)
+    return Partitioner.from_config(cfg.get("mesh", None))
 
 
 class Experiment:
