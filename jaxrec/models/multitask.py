@@ -94,7 +94,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -106,7 +106,7 @@ from jaxrec.kernels import losses
 from jaxrec.kernels import metrics as metrics_lib
 from jaxrec.kernels import moe as moe_kernels
 from jaxrec.data import multitask_transforms as mtt
-from jaxrec.nn.experts import BatchedDense, MoELevel, as_static_mask
+from jaxrec.nn.experts import ACTIVATIONS, BatchedDense, MoELevel, as_static_mask
 from jaxrec.registry import register_model, register_task
 
 __all__ = [
@@ -389,8 +389,6 @@ class Towers(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
-        from jaxrec.nn.experts import ACTIVATIONS
-
         act = ACTIVATIONS[self.act]
         y = h
         for i, w in enumerate(self.hidden):
