@@ -46,8 +46,9 @@ Options (model config keys; defaults of the four registered models below):
   ``expert_hidden_act``, ``expert_norm`` ("batch": per-expert BatchNorm statistics | "layer" | "none"),
   ``norm_hidden``, ``bn_momentum``, ``expert_dropout``.
 - HoME components, each can be switched off (ablations): ``expert_norm``/``expert_act`` (-BN/Swish:
-  "none"/"relu"); ``hierarchy_mask`` (False: every gate of every level sees all experts of its level, the routing
-  of expert inputs is unchanged -- same parameters); ``feature_gate`` ("per_expert" | "per_group" | "none"),
+  "none"/"relu"); ``hierarchy_mask`` (False: every gate of every level sees all experts of its level; the experts
+  and the routing of their inputs are unchanged, the gates gain weights for the newly visible experts: +31,676
+  at the default); ``feature_gate`` ("per_expert" | "per_group" | "none"),
   ``feature_gate_rank``, ``feature_gate_num_lora``, ``feature_gate_levels`` ("all" | "first" | "last");
   ``self_gate`` ("both" | "task" | "meta" | "none"); ``gate_input`` ("concat" | "cat").
   These switches work for every arch (e.g. ``mmoe`` with ``expert_norm="batch", expert_act="swish"`` is
