@@ -2,13 +2,12 @@
 against an independent NumPy reference with copied weights; PAD rows; train steps; vectorised ranking; a few
 steps on the real llmcdsr/food_kitchen (skipped without ../shared/data).
 
-Spec: ../shared/papers/c2dsr.md. Tiny synthetic data (NX = 12, NY = 15, T = 8, d = 16).
+Spec: ../shared/papers/c2dsr.md. Tiny synthetic data (NX = 12, NY = 15, T = 8, d = 16, one block per encoder).
 """
 
 import math
 import pathlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +21,7 @@ from jaxrec.kernels.metrics import MetricAccumulator
 from jaxrec.models import c2dsr as c2dsr_lib
 
 NX, NY, T, D = 12, 15, 8, 16
+BLOCKS = 1  # the official 2 run the same code path (TransformerStack); 1 halves the compile time on CPU
 PAD = NX + NY
 V = NX + NY + 1
 
@@ -58,23 +58,35 @@ def make_cfg(**task_kw):
     task = dict(name="c2dsr", lambda_=0.7, loss_positions=5)
     task.update(task_kw)
     return ml_collections.ConfigDict(dict(
-        model=dict(name="c2dsr", embed_dim=D, num_blocks=2, num_heads=1, max_len=T, dropout_rate=0.2),
+        model=dict(name="c2dsr", embed_dim=D, num_blocks=BLOCKS, num_heads=1, max_len=T, dropout_rate=0.2),
         task=task, train=dict(seed=0, batch_size=16),
         eval=dict(num_negatives=20, negatives_seed=7, batch_size=16),
         optimizer=dict(name="adam", learning_rate=1e-2, b1=0.9, b2=0.98, eps=1e-8)))
 
 
 @pytest.fixture(scope="module")
-def setup():
+def engine():
+    """The task and a TrainState built by the engine (one init compilation shared by every test)."""
+    from jaxrec.parallel.partitioner import Partitioner
+    from jaxrec.train import steps as steps_lib
+
     records = synthetic_records()
     task = c2dsr_lib.C2DSRTask(make_cfg(), synthetic_info(), train_records=records)
-    variables = jax.jit(task.init)(jax.random.PRNGKey(0), task.dummy_batch(16))
-    params = nn.meta.unbox(variables["params"])
+    tx = steps_lib.build_optimizer(task.cfg.optimizer)
+    part = Partitioner()
+    state, shardings = steps_lib.build_train_state(task, tx, part, 0, task.dummy_batch(16))
+    return {"task": task, "records": records, "tx": tx, "part": part, "state": state, "shardings": shardings,
+            "params": jax.device_get(state.params)}
+
+
+@pytest.fixture(scope="module")
+def setup(engine):
+    task, records = engine["task"], engine["records"]
     # random (non-zero) biases so that the reference also checks where biases enter
     rng = np.random.default_rng(1)
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: (jnp.asarray(rng.normal(0, 0.1, x.shape), x.dtype)
-                      if jax.tree_util.keystr(p).endswith("['bias']") else x), params)
+                      if jax.tree_util.keystr(p).endswith("['bias']") else jnp.asarray(x)), engine["params"])
     return task, params, records
 
 
@@ -320,7 +332,7 @@ def test_gcn_propagation_matches_numpy(setup, fns):
         np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(e), np.asarray(params["item_emb"]), atol=0)
     # use_graph=False: the GCN is dropped, the tables pass through
-    m2 = c2dsr_lib.C2DSR(num_x=NX, num_y=NY, embed_dim=D, max_len=T, use_graph=False)
+    m2 = c2dsr_lib.C2DSR(num_x=NX, num_y=NY, embed_dim=D, max_len=T, num_blocks=BLOCKS, use_graph=False)
     h2 = m2.apply({"params": params}, task.graphs(), method="tables")[0]
     np.testing.assert_allclose(np.asarray(h2), np.asarray(params["item_emb"]))
 
@@ -343,7 +355,7 @@ def np_encoder(p, ids, pos, g_table, table, key_padding=False):
     enc = p["encoder"]
     L = ids.shape[1]
     causal = np.tril(np.ones((L, L), bool))
-    for layer in range(2):
+    for layer in range(sum(k.startswith("layer_") for k in enc)):
         lp = enc[f"layer_{layer}"]
         q_in = np_ln(z, lp["attn_norm"])
         proj = lambda x, w: np.einsum("btd,dhk->bthk", x, w["kernel"]) + w["bias"]  # noqa: E731
@@ -432,7 +444,7 @@ def test_encoder_forward_matches_numpy(setup, fns):
         assert st[k].shape == (16, T, D)
         np.testing.assert_allclose(np.asarray(st[k]), ref[k], rtol=2e-4, atol=2e-4, err_msg=k)
     # real positions attend to left-PAD slots (official: causal mask only); the key-padding option differs
-    m2 = c2dsr_lib.C2DSR(num_x=NX, num_y=NY, embed_dim=D, max_len=T, key_padding_mask=True)
+    m2 = c2dsr_lib.C2DSR(num_x=NX, num_y=NY, embed_dim=D, max_len=T, num_blocks=BLOCKS, key_padding_mask=True)
     f2 = jax.jit(lambda p, b: m2.apply({"params": p}, b, task.graphs(), corrupted=False)["F"])(params, batch)
     tabs = fns["np_tables"]
     ref2 = np_encoder(params["enc"], np.asarray(batch["seq"]), np.asarray(batch["pos"]), tabs[0], tabs[3],
@@ -559,15 +571,12 @@ def test_vectorised_ranking_matches_loop(setup, fns, exclude_history):
 
 # ------------------------------------------------------------------------------------------ training
 
-def test_train_steps_on_the_engine_decrease_loss_and_keep_pad_rows_zero(setup):
-    from jaxrec.parallel.partitioner import Partitioner
+def test_train_steps_on_the_engine_decrease_loss_and_keep_pad_rows_zero(engine):
     from jaxrec.train import steps as steps_lib
 
-    task, _, records = setup
-    tx = steps_lib.build_optimizer(task.cfg.optimizer)
-    part = Partitioner()
-    state, shardings = steps_lib.build_train_state(task, tx, part, 0, task.dummy_batch(16))
-    step = steps_lib.make_train_step(task, tx, part, shardings)
+    task, records, part, shardings = engine["task"], engine["records"], engine["part"], engine["shardings"]
+    state = engine.pop("state")  # donated by the step below
+    step = steps_lib.make_train_step(task, engine["tx"], part, shardings)
     batch = part.shard_inputs(kept_batch(task, records))
     losses_seen = []
     for _ in range(25):
@@ -620,7 +629,8 @@ def test_real_llmcdsr_food_kitchen_few_steps(shared_data, tmp_path):
     cfg = load_config(str(path), [
         "--config.model.embed_dim=16", "--config.model.num_blocks=1", "--config.train.batch_size=32",
         "--config.train.num_steps=3", "--config.train.eval_every=3", "--config.eval.batch_size=512",
-        "--config.eval.num_negatives=99", "--config.data.cache=false"])
+        "--config.eval.num_negatives=99", "--config.data.cache=false",
+        "--config.task.lambda_=1.0"])  # lambda = 1 (no corrupted passes): the cheapest compile of the real path
     out = train_from_config(cfg, str(tmp_path), data_dir=str(shared_data), progress=False)
     assert out["steps"] == 3
     assert np.isfinite(out["best_valid"]["X/mrr"]) and np.isfinite(out["test"]["Y/full/mrr"])

@@ -62,7 +62,14 @@ Quirks of the official code reproduced (default) and the options where the paper
     epoch); model selection is per domain (the engine keeps one best checkpoint by ``train.best_metric``:
     run with ``X/mrr`` and with ``Y/mrr`` -- training is deterministic, so the two runs share the trajectory).
   * Init as PyTorch: tables and positions N(0, 1); Linear / Conv1d U(±1/sqrt(fan_in)); MHA xavier in-proj,
-    zero biases; GCN bias U(±1/sqrt(d)); bilinear xavier U(±sqrt(6/(d²+d))), bias 0.
+    zero biases; GCN bias U(±1/sqrt(d)); bilinear xavier U(±sqrt(6/(d²+d))), bias 0. ``disc_x`` is PyTorch's
+    ``D_X.f_k.weight[0]`` (official ``D_X(S=s_X, node=c_Y)`` calls ``f_k(c_Y, s_X) = c_Yᵀ W s_X + β``).
+  * Optimiser (configs): Adam(1e-3, β = (0.9, 0.98), eps 1e-8); the official weight-decay, gradient-clip and
+    lr-decay flags are never used, so none is applied.
+
+Parameters (``V = NX + NY + 1``): ``item_emb, item_emb_x, item_emb_y [V, d]``; ``gnn_bias{,_x,_y} [L, d]``;
+``enc, enc_x, enc_y``: ``pos_embed [T, d]`` + ``encoder`` (TransformerStack); ``lin_x [d, NX]``, ``lin_y
+[d, NY]``, ``lin_pad [d, 1]`` (+ biases); ``disc_x, disc_y [d, d]``, ``disc_x_bias, disc_y_bias`` scalars.
 """
 
 from __future__ import annotations
