@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.kernels import losses, metrics
+from jaxrec.nn.embeddings import ShardedEmbed
 from jaxrec.nn.transformer import TransformerStack, sasrec_config
 from jaxrec.registry import register_model, register_task
 
@@ -51,6 +52,9 @@ class SASRec(nn.Module):
       dropout_rate: embedding, attention-weight and FFN dropout (SASRec: 0.2 for sparse data).
       mask_keys_with_valid: key-padding mask (see module docstring).
       layer_norm_eps: LayerNorm epsilon (1e-8 in SASRec-pytorch / C2DSR).
+      vocab_pad_multiple: item-table rows padded to a multiple of this, so the table row-shards evenly over a
+        ``model`` mesh axis of that size (padding rows are never looked up or scored).
+      embed_lookup: ``"auto"`` or ``"shard_map"`` (see :class:`jaxrec.nn.embeddings.ShardedEmbed`).
     """
 
     num_items: int
@@ -61,11 +65,14 @@ class SASRec(nn.Module):
     dropout_rate: float = 0.2
     mask_keys_with_valid: bool = True
     layer_norm_eps: float = 1e-8
+    vocab_pad_multiple: int = 8
+    embed_lookup: str = "auto"
 
     def setup(self):
-        init = nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0 / math.sqrt(self.embed_dim)),
-                                            ("vocab", "embed"))
-        self.item_embed = nn.Embed(self.num_items + 1, self.embed_dim, embedding_init=init, name="item_embed")
+        self.item_embed = ShardedEmbed(self.num_items + 1, self.embed_dim, lookup=self.embed_lookup,
+                                       pad_to_multiple_of=self.vocab_pad_multiple,
+                                       embedding_init=nn.initializers.normal(stddev=1.0 / math.sqrt(self.embed_dim)),
+                                       name="item_embed")
         self.pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
             nn.initializers.normal(stddev=1.0 / math.sqrt(self.embed_dim)), (None, "embed")),
             (self.max_len, self.embed_dim))
@@ -88,8 +95,8 @@ class SASRec(nn.Module):
         return self.encoder(x, valid, causal=True, deterministic=not train)
 
     def item_table(self):
-        """``[V+1, d]`` item embeddings (row 0 = padding)."""
-        return self.item_embed.embedding
+        """``[V+1, d]`` item embeddings (row 0 = padding; the table's alignment rows excluded)."""
+        return self.item_embed.embedding[: self.num_items + 1]
 
     def logits(self, hidden):
         """``hidden [..., d] -> [..., V+1]`` scores against every item (padding column included)."""
