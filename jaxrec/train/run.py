@@ -49,10 +49,16 @@ class Experiment:
     def local_batch_size(self) -> int:
         return self.cfg.train.batch_size // jax.process_count()
 
+    def train_source(self):
+        """The training records: the ``train`` split, or what the task makes of it (``task.train_source``),
+        e.g. a protocol that skips or re-weights records; the task then reports what it dropped."""
+        hook = getattr(self.task, "train_source", None)
+        return hook(self.sources["train"]) if hook is not None else self.sources["train"]
+
     def train_iterator(self):
         from jaxrec.data import pipeline
 
-        train = self.sources["train"]
+        train = self.train_source()
         return pipeline.make_train_iterator(
             train, self.task.train_transform(), batch_size=self.local_batch_size, seed=int(self.cfg.train.seed),
             shard_index=jax.process_index(), shard_count=jax.process_count(),
@@ -61,7 +67,7 @@ class Experiment:
     def steps_per_epoch(self) -> int:
         from jaxrec.data import pipeline
 
-        n = len(self.sources["train"])
+        n = len(self.train_source())
         spe = pipeline.steps_per_epoch(n, self.local_batch_size, jax.process_count())
         if spe == 0:
             raise ConfigError(f"config key 'train.batch_size': {self.cfg.train.batch_size} is larger than the "

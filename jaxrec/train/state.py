@@ -39,7 +39,11 @@ class Task(Protocol):
     * ``evaluate(params, model_state, batch) -> dict[str, [B] array]`` -- per-example metrics; the batch's
       ``valid`` [B] mask marks real (not padding) rows;
     * ``dummy_batch(batch_size) -> dict`` -- a numpy batch with the train step's shapes (for init/AOT);
-    * ``train_flops_per_example()`` (optional) -- analytic training FLOPs.
+    * ``train_flops_per_example()`` (optional) -- analytic training FLOPs;
+    * ``train_source(train_split) -> random-access source`` (optional) -- the records to train on, when the
+      task's protocol skips or rebuilds records of the ``train`` split;
+    * ``accumulate(acc, outputs, batch)`` (optional) -- custom evaluation accumulation (per-domain masks,
+      AUC/GAUC over the whole split); default: mean of each output over ``batch["valid"]``.
     """
 
     name: str
