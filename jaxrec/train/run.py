@@ -52,8 +52,10 @@ class Experiment:
     def train_source(self):
         """The training records: the ``train`` split, or what the task makes of it (``task.train_source``),
         e.g. a protocol that skips or re-weights records; the task then reports what it dropped."""
-        hook = getattr(self.task, "train_source", None)
-        return hook(self.sources["train"]) if hook is not None else self.sources["train"]
+        if not hasattr(self, "_train_source"):
+            hook = getattr(self.task, "train_source", None)
+            self._train_source = hook(self.sources["train"]) if hook is not None else self.sources["train"]
+        return self._train_source
 
     def train_iterator(self):
         from jaxrec.data import pipeline
