@@ -684,14 +684,15 @@ class KuaiFormerTask:
         else:
             variables = dict(self.model.init(rngs, batch["item_ids"], batch["side_ids"], train=False))
         if self.logq == "streaming":
-            rows = self.num_items + 1
-            b = int(np.shape(batch["target"])[0])
-            variables["logq_state"] = {
-                "step": jnp.zeros((), jnp.int32),
-                "last": jnp.full((rows,), -1, jnp.int32),
-                "gap": jnp.full((rows,), max(rows / max(b, 1), 1.0), jnp.float32),
-            }
+            variables["logq_state"] = self.init_logq_state(int(np.shape(batch["target"])[0]))
         return variables
+
+    def init_logq_state(self, batch_size: int) -> dict:
+        """Streaming-frequency state: ``step`` (int32), ``last [V+1]`` (step of the last occurrence, -1 =
+        never), ``gap [V+1]`` (expected steps between occurrences; prior ``(V+1) / batch_size``, uniform)."""
+        rows = self.num_items + 1
+        return {"step": jnp.zeros((), jnp.int32), "last": jnp.full((rows,), -1, jnp.int32),
+                "gap": jnp.full((rows,), max(rows / max(batch_size, 1), 1.0), jnp.float32)}
 
     def user_vectors(self, params, model_state, item_ids, side_ids=None, *, train: bool = False, rng=None):
         """Interests ``[B, k, d]`` (L2-normalised when ``task.normalize``)."""
