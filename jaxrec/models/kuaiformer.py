@@ -543,32 +543,40 @@ class KuaiFormerEvalTransform:
 
 # ------------------------------------------------------------------------------------------------ task
 
-def _rank_by_max_score(user_vecs, table, target_scores, target_rows, chunk_size: int, tie_weight: float = 0.5):
-    """Rank of ``target_scores [B]`` among ``max_j <u_j, e_x>`` over ``table [N, d]`` (row ``target_rows [B]``
-    itself left out; pass -1 if the target is not in the table), in chunks of ``chunk_size`` rows: ``[B]``."""
+def _catalogue_scan(user_vecs, table, target_scores, target_rows, k: int, chunk_size: int, method: str = "exact",
+                    tie_weight: float = 0.5):
+    """One pass over ``table [N, d]`` in chunks: the rank of ``target_scores [B]`` among
+    ``max_j <u_j, e_x>`` (row ``target_rows [B]`` left out, -1 = none; ties weighted ``tie_weight``) and
+    each interest's top-``k`` rows. Returns ``(rank [B], scores [B, Q, k], rows [B, Q, k])``."""
+    from jaxrec.serving import retrieval
+
     n, d = table.shape
-    b = user_vecs.shape[0]
+    b, q = user_vecs.shape[:2]
+    best = (jnp.full((b, q, k), -jnp.inf, jnp.float32), jnp.full((b, q, k), -1, jnp.int32))
     if n == 0:
-        return jnp.ones((b,), jnp.float32)
+        return jnp.ones((b,), jnp.float32), *best
     c = min(int(chunk_size), n)
     n_chunks = -(-n // c)
-    pad = n_chunks * c - n
-    tab = jnp.pad(table, ((0, pad), (0, 0))).reshape(n_chunks, c, d)
+    tab = jnp.pad(table, ((0, n_chunks * c - n), (0, 0))).reshape(n_chunks, c, d)
     starts = jnp.arange(n_chunks, dtype=jnp.int32) * c
     t = target_scores[:, None]
 
-    def body(acc, xs):
+    def body(carry, xs):
+        beat, tied, bs, bi = carry
         e, start = xs
-        s = interest_logits(user_vecs, e)
         row = start + jnp.arange(c, dtype=jnp.int32)
-        m = (row < n)[None, :] & (row[None, :] != target_rows[:, None])
-        beat = jnp.sum((s > t) & m, axis=-1)
-        tied = jnp.sum((s == t) & m, axis=-1)
-        return (acc[0] + beat, acc[1] + tied), None
+        inside = row < n
+        s = jnp.where(inside, jnp.einsum("bkd,cd->bkc", user_vecs, e), -jnp.inf)
+        smax = s.max(axis=1)
+        m = inside[None, :] & (row[None, :] != target_rows[:, None])
+        beat = beat + jnp.sum((smax > t) & m, axis=-1)
+        tied = tied + jnp.sum((smax == t) & m, axis=-1)
+        bs, bi = retrieval.update_topk(bs, bi, s, start, k, method=method)
+        return (beat, tied, bs, bi), None
 
     zero = jnp.zeros((b,), jnp.int32)
-    (beat, tied), _ = jax.lax.scan(body, (zero, zero), (tab, starts))
-    return 1.0 + beat.astype(jnp.float32) + tie_weight * tied.astype(jnp.float32)
+    (beat, tied, bs, bi), _ = jax.lax.scan(body, (zero, zero, *best), (tab, starts))
+    return 1.0 + beat.astype(jnp.float32) + tie_weight * tied.astype(jnp.float32), bs, bi
 
 
 class KuaiFormerTask:
@@ -772,15 +780,14 @@ class KuaiFormerTask:
         table, offset = self.catalogue(params)
         e_t = self.item_vectors(params, target)
         s_t = jnp.einsum("bkd,bd->bk", u, e_t).max(axis=1)
-        rank = _rank_by_max_score(u, table, s_t, jnp.where(in_vocab, target - offset, -1), self.chunk_size,
-                                  self.tie_weight)
-        rank = jnp.where(in_vocab, rank, jnp.inf)
-        out = {f"full/{k}": v for k, v in metrics.ranking_metrics(rank, hr_ks=self.hr_ks, ndcg_ks=self.hr_ks).items()}
         nq = u.shape[1]
         kmax = max(self.hr_ks)
         per_interest = -(-kmax // nq) if self.quota == "split" else kmax
-        s_all, i_all = retrieval.topk_per_interest(u, table, per_interest, method=self.method,
-                                                   chunk_size=self.chunk_size, row_offset=offset)
+        rank, s_all, i_all = _catalogue_scan(u, table, s_t, jnp.where(in_vocab, target - offset, -1), per_interest,
+                                             self.chunk_size, self.method, self.tie_weight)
+        i_all = jnp.where(i_all >= 0, i_all + offset, -1)
+        rank = jnp.where(in_vocab, rank, jnp.inf)
+        out = {f"full/{k}": v for k, v in metrics.ranking_metrics(rank, hr_ks=self.hr_ks, ndcg_ks=self.hr_ks).items()}
         for k in self.hr_ks:
             kq = -(-k // nq) if self.quota == "split" else k
             _, merged = retrieval.merge_dedup(s_all[:, :, :kq], i_all[:, :, :kq], k)

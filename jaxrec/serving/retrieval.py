@@ -11,6 +11,7 @@ Functions (all pure and jit-able; ``k``, ``top_k``, ``chunk_size``, ``method`` a
   ``method="exact"`` (``lax.top_k``), ``"approx"`` (``lax.approx_max_k``) or ``"binned"`` (the TPU
   approximate top-k algorithm written in plain JAX, see below); optional chunking over the table (a
   ``lax.scan`` keeping a running top-K', so ``[B, Q, N]`` is never materialised);
+* :func:`update_topk` -- merge one chunk of scores into a running top-K (for callers with their own scan);
 * :func:`merge_dedup` -- merge per-interest lists into a global top-K without duplicates;
 * :func:`retrieve` -- both, with the per-interest quota ``"split"`` (``K' = ceil(K / Q)``, the paper's
   serving rule) or ``"full"`` (``K' = K``; then the merged list *is* the exact top-K of
@@ -47,6 +48,7 @@ __all__ = [
     "METHODS",
     "binned_max_k",
     "topk_per_interest",
+    "update_topk",
     "merge_dedup",
     "retrieve",
     "brute_force_max_topk",
@@ -142,6 +144,27 @@ def _select(scores, k: int, method: str, recall_target: float):
     return _pad_topk(v, i, k)
 
 
+def update_topk(best_scores, best_ids, chunk_scores, chunk_start, k: int, *, method: str = "exact",
+                recall_target: float = 0.95):
+    """Merge one chunk of scores into a running top-``k`` (the body of chunked retrieval).
+
+    Args:
+      best_scores, best_ids: running ``[..., k]`` lists (start from ``-inf`` / ``-1``).
+      chunk_scores: ``[..., C]`` scores of table rows ``chunk_start .. chunk_start + C - 1`` (``-inf`` = not
+        retrievable).
+      chunk_start: int (may be traced). method, recall_target: selection within the chunk.
+
+    Returns the updated ``(scores [..., k], ids [..., k])``, sorted descending.
+    """
+    cs, ci = _select(chunk_scores, min(k, chunk_scores.shape[-1]), method, recall_target)
+    ci = jnp.where(ci >= 0, ci + chunk_start, NO_ID)
+    alls = jnp.concatenate([best_scores, cs], axis=-1)
+    alli = jnp.concatenate([best_ids, ci], axis=-1)
+    top_s, pos = jax.lax.top_k(alls, k)
+    top_i = jnp.take_along_axis(alli, pos, axis=-1)
+    return top_s, jnp.where(jnp.isneginf(top_s), NO_ID, top_i)
+
+
 def topk_per_interest(interests, item_table, k: int, *, method: str = "exact", recall_target: float = 0.95,
                       chunk_size: int | None = None, row_offset: int = 0, item_mask=None, precision=None):
     """Top-``k`` items of each interest by inner product over the whole table.
@@ -187,19 +210,12 @@ def topk_per_interest(interests, item_table, k: int, *, method: str = "exact", r
         mask = jnp.ones((n,), bool) if item_mask is None else item_mask
         e_p = jnp.pad(e, ((0, pad), (0, 0))).reshape(n_chunks, c, e.shape[1])
         m_p = jnp.pad(mask, (0, pad)).reshape(n_chunks, c)
-        kc = min(k, c)
 
         def body(carry, xs):
-            best_s, best_i = carry
             e_c, m_c, start = xs
             sc = jnp.einsum("bqd,cd->bqc", u, e_c.astype(u.dtype), precision=precision).astype(jnp.float32)
             sc = jnp.where(m_c, sc, -jnp.inf)
-            cs, ci = _select(sc, kc, method, recall_target)
-            ci = jnp.where(ci >= 0, ci + start, NO_ID)
-            alls = jnp.concatenate([best_s, cs], axis=-1)
-            alli = jnp.concatenate([best_i, ci], axis=-1)
-            top_s, pos = jax.lax.top_k(alls, k)
-            return (top_s, jnp.take_along_axis(alli, pos, axis=-1)), None
+            return update_topk(*carry, sc, start, k, method=method, recall_target=recall_target), None
 
         init = _empty(bq, k)
         starts = jnp.arange(n_chunks, dtype=jnp.int32) * c
