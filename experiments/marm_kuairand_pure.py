@@ -7,9 +7,10 @@ Data: ``kuairand_pure`` (../shared/data/kuairand_pure; CC BY-SA 4.0): standard-p
 negatives). History: the user's last ``n = 32`` impressions (all exposures, clicked or not, from every split)
 strictly before the impression, with their click/long-view bits as read-time label features.
 
-Cache: ``CacheStore`` in the train state (``model_state["marm_cache"]``), one entry per exposure (key user, item,
-time), per-layer K/V in bfloat16, 2^18 slots (16-way sets; KuaiRand-Pure has ~223k exposures): 2^18 x 2 layers x
-2 x 32 values x 2 B = 64 MiB, saved with every checkpoint. The training step writes each trained impression's
+Cache (``cache_mode="kv_fresh1"``: layer 1 attends over freshly projected history embeddings, layer 2 over
+cached K/V): ``CacheStore`` in the train state (``model_state["marm_cache"]``), one entry per exposure (key user,
+item, time), layer-2 K/V in bfloat16, 2^18 slots (16-way sets; KuaiRand-Pure has ~223k exposures): 2^18 x 1
+layer x 2 x 32 values x 2 B = 32 MiB, saved with every checkpoint. The training step writes each trained impression's
 entry; evaluation reads only (validation/test exposures are never written, so their in-period history misses
 and is masked: see ``cache/hit_rate`` in the eval metrics). The engine shuffles impressions, so during the first
 epoch about half of the history entries are not written yet (misses), and later entries are up to one epoch
@@ -25,9 +26,10 @@ validation ``gauc/is_click``, then test.
 Variants (``get_config(arg)``; comma-separated args compose; give each its own --workdir; seeds via
 ``--config.train.seed=1``):
 
-    kv        per-layer K/V cache (default)          h       layer-output cache (K/V projected per request)
+    kv        every layer's K/V cached (pure O(L·n·d))   h       layer-output cache (K/V projected per request)
+    (default: kv_fresh1 = layer 1 fresh, layers 2..L cached K/V)
     oracle    no cache: causal Transformer recomputed over (history, candidate) per request
-    ta1       one layer (DIN-style single target attention; with h: projected per request)
+    ta1       one layer (default / h: target attention with per-request projections; with kv: DIN-style)
     L4 / L8   4 / 8 layers                           n16 / n64   history length
     nolabels  no read-time label features            embed   miss_policy="embed"
     tiny      smoke run (20 steps, small widths)
@@ -41,8 +43,9 @@ from jaxrec.models.marm import TIME_BASE_MS
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
-        name="marm", embed_dim=32, num_layers=2, num_heads=2, mlp_ratio=4, cache_mode="kv", self_attend=True,
-        miss_policy="mask", tower_hidden=(128, 64), dropout_rate=0.0, side_features=True, side_embed_dim=8))
+        name="marm", embed_dim=32, num_layers=2, num_heads=2, mlp_ratio=4, cache_mode="kv_fresh1",
+        self_attend=True, miss_policy="mask", tower_hidden=(128, 64), dropout_rate=0.0, side_features=True,
+        side_embed_dim=8))
     c.task = ml_collections.ConfigDict(dict(
         name="marm_ranking", tasks=("is_click", "long_view"), history_len=32, history_source="all",
         history_label_features=("is_click", "long_view"), cache_key="user_item_time", cache_capacity=1 << 18,
@@ -58,9 +61,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(axes=(("data", -1),), rules=()))
     for a in (arg or "").split(","):
         a = a.strip()
-        if not a or a == "kv":
+        if not a or a == "kv_fresh1":
             continue
-        if a == "h":
+        if a == "kv":
+            c.model.cache_mode = "kv"
+        elif a == "h":
             c.model.cache_mode = "h"
         elif a == "oracle":
             c.model.cache_mode = "none"
