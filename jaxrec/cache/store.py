@@ -246,14 +246,16 @@ class CacheStore:
         first = jnp.searchsorted(sorted_set, sorted_set, side="left").astype(jnp.int32)
         rank = jnp.zeros((n,), jnp.int32).at[rsort].set(jnp.arange(n, dtype=jnp.int32) - first)
         big = jnp.iinfo(jnp.int32).max
-        # eviction order per set: free ways, then oldest stamp; ways touched by this batch are never victims.
-        prio = jnp.where(touched, big, jnp.where(self.valid, self.stamp, jnp.iinfo(jnp.int32).min))
-        cand = jnp.argsort(prio, axis=-1, stable=True).astype(jnp.int32)  # [S, W]
+        # eviction order within each written set (only those rows are gathered: O(N·W), not O(capacity)):
+        # free ways, then oldest stamp; ways touched by this batch are never victims.
+        t_rows, v_rows, st_rows = touched[s], self.valid[s], self.stamp[s]  # [N, W]
+        prio = jnp.where(t_rows, big, jnp.where(v_rows, st_rows, jnp.iinfo(jnp.int32).min))
+        cand = jnp.argsort(prio, axis=-1, stable=True).astype(jnp.int32)  # [N, W]
         r_safe = jnp.clip(rank, 0, W - 1)
-        victim = cand[jnp.clip(s, 0, S - 1), r_safe]
-        ok_new = new & (rank < W) & ~touched[jnp.clip(s, 0, S - 1), victim]
+        victim = jnp.take_along_axis(cand, r_safe[:, None], axis=1)[:, 0]
+        ok_new = new & (rank < W) & ~jnp.take_along_axis(t_rows, victim[:, None], axis=1)[:, 0]
         dropped = new & ~ok_new
-        evicted = ok_new & self.valid[jnp.clip(s, 0, S - 1), victim]
+        evicted = ok_new & jnp.take_along_axis(v_rows, victim[:, None], axis=1)[:, 0]
 
         do = upd | ok_new
         way = jnp.where(upd, way_hit, victim)

@@ -62,7 +62,7 @@ Forward FLOPs per target (one multiply-add = 2; ``r`` = FFN ratio; matmuls only,
 (``8d²`` = query, output and the candidate's own K/V projections -- the latter are needed for the cache write
 and the self-term, so they are counted; the spec's table (§2.3) omits them, i.e. writes ``(4 + 4r)d²`` and
 ``4nd``. The self column is computed even with ``self_attend=False`` (then masked). ``miss_policy="embed"``
-adds ``4nd²`` per layer in ``"kv"`` mode. Read-time label biases are additions, O(n·d), not counted.) These
+adds ``4nd²`` per cached layer in the ``"kv"`` modes. Read-time label biases are additions, O(n·d), not counted.) These
 are exactly the ``dot_general`` FLOPs of the traced program (:func:`dot_sequence_flops`, tested); XLA's
 ``cost_analysis`` adds element-wise work (:func:`xla_sequence_flops`).
 Cache values per user: ``n · L · 2d`` (kv), ``n · (L-1) · 2d`` (kv_fresh1), ``n · (L-1) · d`` (h)
@@ -84,14 +84,20 @@ Choices ([R] = reconstruction, default in brackets; all config keys):
   training that entry can be from a *later* exposure whose history holds the current candidate and its label (a
   leak through the label features), hence the per-exposure default.
 - misses ``miss_policy`` [``"mask"``]: a history item without a cache entry (never written, evicted) is left
-  out of every cached layer (``"h"``: layers >= 2). ``"embed"``: use its layer-0 embedding instead (free in
-  ``"h"`` mode; in ``"kv"`` mode it projects every history embedding, + 4nd² per layer).
+  out of every cached layer (``"kv"``: all layers; ``"kv_fresh1"`` and ``"h"``: layers >= 2, layer 1 uses fresh
+  embeddings and never misses). ``"embed"``: use its layer-0 embedding instead (free in ``"h"`` mode; in the
+  ``"kv"`` modes it projects every history embedding, + 4nd² per cached layer).
 - batch order ([R] spec §3 option 2): reads see the cache as it was at the start of the step (a snapshot);
   the step's writes land after its reads, so two events of one user in one batch do not see each other.
   :func:`round_batches` builds batches with at most one event per user (option 1) for exact streaming.
 - writes: the training step writes every scored (training) impression; evaluation (``evaluate``) only reads
   (write path = the trainer, [R]); :meth:`MARMRankingTask.serve` reads, scores and writes (serving/streaming).
 - gradients: cached entries are constants (no gradient); the written entry is ``stop_gradient``-ed.
+- training order: the engine shuffles impressions (stale entries up to an epoch old, misses in the first
+  epoch). For exact streaming use :func:`round_batches` (one event per user per batch, causal per user);
+  ``stagger=True`` mixes users at different positions in every batch -- in plain round order the label
+  distribution drifts with the position (longer histories later) and training chased the drift (synthetic
+  benchmark).
 - labels and tasks: impressions with real feedback (KuaiRand-Pure ``is_click``, ``long_view`` [default
   ``task.tasks``]); per-task BCE summed; a shared-bottom MLP with ``T`` outputs (the spec's MoE towers are
   [U]; MARM changes only the sequence-interest input). Sequence datasets (positives only, one record per
