@@ -8,6 +8,8 @@
   * evaluation: the vectorised full-catalogue + sampled-negative evaluation (jitted, batched) vs a
     per-example Python loop (one example's catalogue scores at a time, ranked with NumPy) -- examples/s and
     the ratio.
+``marm``: MARM's FLOPs / serve latency / cache bytes / quality versus cache size on a small grid
+(:func:`jaxrec.cache.bench.run`; writes ``marm_small.json`` and ``.png``).
 ``matmul``: the f32 matmul rate alone.
 """
 
@@ -142,7 +144,11 @@ def bench_sasrec(config: str, overrides=(), repeats: int = 5, data_dir=None, tra
     }
 
 
-def run(what: str, *, config: str, overrides=(), repeats: int = 5, data_dir=None) -> dict:
+def run(what: str, *, config: str, overrides=(), repeats: int = 5, data_dir=None, out_dir=None) -> dict:
+    if what == "marm":  # FLOPs / latency / bytes / quality versus cache size, small grid (minutes)
+        from jaxrec.cache.bench import run as marm_run
+
+        return marm_run(small=True, out_dir=out_dir or "benchmarks/results")
     if what == "matmul":
         return {"benchmark": "matmul", "matmul_f32_gflops": matmul_gflops(repeats=repeats), "machine": _machine()}
     if what == "sasrec":

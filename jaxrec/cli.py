@@ -61,7 +61,9 @@ def cmd_eval(args, overrides) -> int:
 def cmd_bench(args, overrides) -> int:
     from jaxrec import bench
 
-    out = bench.run(args.what, config=args.config, overrides=overrides, repeats=args.repeats, data_dir=args.data_dir)
+    out_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+    out = bench.run(args.what, config=args.config, overrides=overrides, repeats=args.repeats, data_dir=args.data_dir,
+                    out_dir=out_dir)
     text = json.dumps(out, indent=1, default=float)
     print(text)
     if args.out:
@@ -123,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: jit vs op-by-op steps, vectorised vs looped evaluation, GFLOP/s",
                        description="Run a benchmark and print (and optionally write) its JSON report. Ratios are "
                                    "measured side by side in one run, medians of --repeats.")
-    b.add_argument("what", nargs="?", default="sasrec", choices=("sasrec", "matmul"), help="which benchmark")
+    b.add_argument("what", nargs="?", default="sasrec", choices=("sasrec", "marm", "matmul"),
+                   help="sasrec: train/eval speed ratios and GFLOP/s; marm: FLOPs vs cache size (small grid); "
+                        "matmul: the f32 matmul rate")
     _add_config_args(b)
     b.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median reported)")
     b.add_argument("--out", default=None, help="write the JSON report here")
