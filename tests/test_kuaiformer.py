@@ -64,6 +64,9 @@ def test_shapes_256_to_55_tokens_and_k_interests():
     out = jax.eval_shape(lambda v, i: model.apply(v, i, i), variables, ids)
     assert out.shape == (3, 6, 8)
     assert KF.compressed_length(256) == 55 and KF.compressed_length(64, ()) == 64
+    shared = KF.KuaiFormer(num_items=100, embed_dim=8, num_layers=1, num_heads=2, share_compressor=True)
+    p = jax.eval_shape(lambda i: shared.init(jax.random.PRNGKey(0), i), ids)["params"]
+    assert "compressor" in p and "compressor_0" not in p and "compressor_0" in variables["params"]
     with pytest.raises(ValueError, match="more than max_len"):
         KF.compressed_length(100)
 
@@ -497,6 +500,16 @@ def test_evaluate_matches_brute_force(task_params):
     np.testing.assert_array_equal(out["target_in_vocab"], [1, 1, 1, 1, 1, 0])
     for v in out.values():
         assert v.shape == (6,) and np.isfinite(np.asarray(v)).all()
+
+
+def test_catalogue_scan_empty_catalogue_and_bad_ids_in_the_task():
+    u = jnp.ones((2, 3, 4))
+    rank, s, i = KF._catalogue_scan(u, jnp.zeros((0, 4)), jnp.zeros(2), jnp.array([-1, 5]), 7, 16)
+    np.testing.assert_array_equal(rank, [1.0, 1.0])
+    assert s.shape == i.shape == (2, 3, 7) and (np.asarray(i) == -1).all()
+    task = make_task()
+    ids = jnp.asarray([[0, 5, V + 10, -3]])
+    np.testing.assert_array_equal(KF._safe_ids(ids, task.num_items, KF.OOV_ID), [[0, 5, 1, 1]])
 
 
 @pytest.mark.parametrize("model", ["two_tower", "sasrec"])

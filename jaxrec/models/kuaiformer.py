@@ -42,6 +42,13 @@ Choices ([R] = ours, where the paper is silent; [P] = the paper's):
 * [R]/[U] item side of the score: the tied input table ``e_x = X[x]``; the task L2-normalises ``U`` and
   ``e`` and divides by a temperature (``task.normalize``, ``task.temperature``; Yi et al. 2019 practice).
 
+Defaults for the paper's unknowns ([U] -> [R]; ``experiments/kuaiformer_kuairand1k.py``): d = 64, 4 heads,
+L = 4 (the paper's 4-5), k = 6 (its ablation's pick), dropout 0.1, temperature 0.05 with L2-normalised vectors,
+label smoothing alpha = 0.1 in the printed Eq. 12 form, Q = empirical training frequency, Adam 1e-3 with global
+norm clipping at 1, batch 256; position of a compressed token = its index in the 55-token sequence (§9.2);
+items per interest at serving = ceil(K/k) (§9.7); HR protocol = the last view of each held-out window is the
+one target (§9.8); streaming-Q prior gap = (V+1) / batch size (uniform) until an item's second occurrence.
+
 Baselines on the same task and protocol:
 
 * ``two_tower``: the same token embedding, masked mean over the history, an MLP -> one user vector
@@ -57,8 +64,8 @@ Task ``kuaiformer_retrieval`` (next-action prediction on sequence data, e.g. ``k
   raw->dense lookup and the training counts (used for logQ).
 * [R] training samples: each training record (a window ``seq = items + [target]`` of length m) gives one
   sample per epoch: a cut ``c`` drawn uniformly from ``[min(min_history, m-1), m-1]``, target ``seq[c]``,
-  history the ``max_len`` events before it. The cut comes from a generator seeded by ``(task.seed, the
-  user ids of the whole batch, the record's position)``: a pure function of the batch (so a resumed run sees
+  history the ``max_len`` events before it. The cuts come from one generator per batch seeded by
+  ``(task.seed, the user ids of the batch in order)``: a pure function of the batch (so a resumed run sees
   the same samples) that changes from epoch to epoch because the shuffle regroups records. ``min_history``
   defaults to 256, so history-length ablations (64 vs 256) predict the same targets.
 * [P] loss: in-batch softmax over the batch's positives, logits ``max_j <u_j, e_c> / temperature``
@@ -79,7 +86,7 @@ Task ``kuaiformer_retrieval`` (next-action prediction on sequence data, e.g. ``k
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -679,6 +686,7 @@ class KuaiFormerTask:
     # ------------------------------------------------------------------------------------- model
     def _apply_user(self, variables, item_ids, side_ids, *, train: bool, rng=None):
         rngs = {"dropout": rng} if (train and rng is not None) else {}
+        item_ids = _safe_ids(item_ids, self.num_items, OOV_ID)  # every model: out-of-table ids -> OOV
         if self.model_name == "sasrec":
             h = self.model.apply(variables, item_ids, train=train, rngs=rngs)
             return h[:, -1:, :]
