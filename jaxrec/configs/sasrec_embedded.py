@@ -16,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict(dict(name="seqrec", loss="softmax", num_loss_negatives=1))
     c.data = ml_collections.ConfigDict(dict(name="kuairand_embedded"))
     c.train = ml_collections.ConfigDict(dict(
-        seed=0, batch_size=128, num_epochs=20, num_steps=0, log_every=20, eval_every=0, checkpoint_every=0,
+        seed=0, batch_size=128, num_epochs=10, num_steps=0, log_every=20, eval_every=0, checkpoint_every=0,
         best_metric="full/ndcg@10", best_mode="max"))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=256, num_negatives=100, negatives_seed=12345, exclude_history=True, history_len=200, ties="half",
