@@ -146,7 +146,6 @@ def test_masked_gate_network_holds_weights_only_for_allowed_experts():
 
 def _numpy_level(p, inputs, level: MoELevel):
     """Per-expert / per-gate Python loop reference of MoELevel (no norm, swish experts of one layer)."""
-    B = inputs.shape[0]
     n = level.num_experts
     fgb, fga = _np(p["feature_gate"]["lora_b"]), _np(p["feature_gate"]["lora_a"])
     k, b = _np(p["experts"]["dense_0"]["kernel"]), _np(p["experts"]["dense_0"]["bias"])

@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
 from jax.sharding import AxisType, PartitionSpec as P
 
 from jaxrec.models.sasrec import SeqRecTask

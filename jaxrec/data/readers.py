@@ -263,7 +263,7 @@ def read_int_lines(path: str | os.PathLike, n: int, *, field: str = "count", all
     while allow_trailing_blank and lines and lines[-1].strip() == "" and len(lines) > n:
         lines.pop()
     if len(lines) != n:
-        raise DataError(path, f"wrong number of lines", expected=f"{n} lines, one integer each", got=len(lines))
+        raise DataError(path, "wrong number of lines", expected=f"{n} lines, one integer each", got=len(lines))
     out = []
     for i, ln in enumerate(lines):
         try:

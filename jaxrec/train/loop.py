@@ -113,7 +113,7 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
-    t0, train_time, examples, last_log = time.perf_counter(), 0.0, 0, time.perf_counter()
+    t0 = last_log = time.perf_counter()
     pending: list[Any] = []
 
     def run_eval(step):
@@ -141,13 +141,10 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
     try:
         for step in range(start + 1, num_steps + 1):
             batch = next(train_iter)
-            ts = time.perf_counter()
             state, metrics = train_step(state, partitioner.shard_inputs(batch))
             pending.append(metrics)
-            examples += global_batch
             if step % log_every == 0 or step == num_steps:
                 host = jax.device_get(pending)
-                train_time += time.perf_counter() - ts
                 now = time.perf_counter()
                 mean = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
                 mean["examples_per_second"] = len(host) * global_batch / max(now - last_log, 1e-9)
