@@ -142,6 +142,7 @@ def test_cli_help(capsys):
 @pytest.mark.parametrize("args, needle", [
     (["train", "--config.train.batch_sizee=3"], "unknown config key 'train.batch_sizee'"),
     (["train", "--config.train.batch_size=0"], "expected a positive int"),
+    (["train", "--data_dir", "/nonexistent/raw"], "/nonexistent/raw"),  # embedded data: always prepared
     (["train", "--data_dir", "/nonexistent/raw", "--config.data.name=llmcdsr/food_kitchen"],
      "/nonexistent/raw"),
     (["train", "--config", "/nonexistent/cfg.py"], "does not exist"),

@@ -118,6 +118,10 @@ def builder(name: str, *, raw_dir: str | os.PathLike | None = None, data_dir: st
     from jaxrec.data import paths
 
     s = spec(name)
+    if raw_dir is not None and not os.path.isdir(raw_dir):
+        # checked even when the dataset is already prepared: a wrong --data_dir is an error, never ignored
+        raise DataError(raw_dir, "raw data directory does not exist", field="data_dir",
+                        expected="an existing directory (--data_dir / $JAXREC_RAW_DATA)")
     data_dir = os.fspath(data_dir) if data_dir is not None else os.fspath(paths.tfds_dir())
     b = s.make_builder(None if raw_dir is None else os.fspath(raw_dir), data_dir)
     b.download_and_prepare()
