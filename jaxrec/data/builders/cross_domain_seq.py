@@ -224,6 +224,18 @@ def _check_permutation_users(seqs: Sequences, start: int = 1) -> None:
                         expected=f"user ids {start}..{start + n - 1} (one per line)", got=int(seqs.users[i]))
 
 
+def _verified_file_getter(raw: pathlib.Path, cfg: "PairConfig", ver: ChecksumVerifier):
+    """``get(name)``: the path of a required raw file, checked to exist and to match its SOURCE.md sha256."""
+
+    def get(name: str) -> pathlib.Path:
+        p = require_file(raw / name, f"{cfg.catalog_name}: required file {name}")
+        ver.verify(p)
+        return p
+
+    return get
+
+
+
 # ------------------------------------------------------------------------------------------- LLMCDSR
 
 def read_llmcdsr(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksums: bool = True) -> CrossDomainData:
@@ -231,11 +243,7 @@ def read_llmcdsr(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksum
     raw = pathlib.Path(raw_dir)
     ver = ChecksumVerifier(raw, enabled=verify_checksums)
     drops = DropReport()
-
-    def get(name: str) -> pathlib.Path:
-        p = require_file(raw / name, f"{cfg.catalog_name}: required file {name}")
-        ver.verify(p)
-        return p
+    get = _verified_file_getter(raw, cfg, ver)
 
     n_a, n_b = read_int_lines(get("num.txt"), 2, field="num_items", min_value=1)
     inst = read_int_lines(get("instance_num.txt"), 3, field="instance_num")
@@ -286,11 +294,7 @@ def read_abxi(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksums: 
     raw = pathlib.Path(raw_dir)
     ver = ChecksumVerifier(raw, enabled=verify_checksums)
     drops = DropReport()
-
-    def get(name: str) -> pathlib.Path:
-        p = require_file(raw / name, f"{cfg.catalog_name}: required file {name}")
-        ver.verify(p)
-        return p
+    get = _verified_file_getter(raw, cfg, ver)
 
     item_path = get(f"map_item_{len_max}.txt")
     m = read_json_strict(item_path)
@@ -382,11 +386,7 @@ def read_c2dsr(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksums:
     raw = pathlib.Path(raw_dir)
     ver = ChecksumVerifier(raw, enabled=verify_checksums)
     drops = DropReport()
-
-    def get(name: str) -> pathlib.Path:
-        p = require_file(raw / name, f"{cfg.catalog_name}: required file {name}")
-        ver.verify(p)
-        return p
+    get = _verified_file_getter(raw, cfg, ver)
 
     n_a = _read_item_list(get("Alist.txt"))
     n_b = _read_item_list(get("Blist.txt"))
