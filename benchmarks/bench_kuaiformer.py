@@ -39,7 +39,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 
 import flax.linen as nn
@@ -48,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.bench import median_time
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.kernels import losses
 from jaxrec.models import kuaiformer as KF
@@ -61,17 +61,6 @@ SETTINGS = {
                               side_dim=16),
 }
 PAPER = {"raw256_vs_raw64": 6.0, "compressed256_vs_raw64": 1.10}
-
-
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def spec_formula_flops(max_len: int, compress, d: int, layers: int, k: int, r: int = 4) -> float:
@@ -103,7 +92,7 @@ def bench_compute(repeats: int, batch: int = 32) -> dict:
             one = jax.ShapeDtypeStruct((1, max_len), jnp.int32)
             xla = flops_lib.xla_flops(lambda p, i, s: model.apply({"params": p}, i, s), params, one, one)
             fwd = jax.jit(lambda p, i, s: model.apply({"params": p}, i, s))
-            t_fwd = _median_time(lambda: fwd(params, ids, side).block_until_ready(), repeats)
+            t_fwd = median_time(lambda: fwd(params, ids, side).block_until_ready(), repeats)
 
             tx = optax.adam(1e-3)
 
@@ -125,7 +114,7 @@ def bench_compute(repeats: int, batch: int = 32) -> dict:
                 holder["p"], holder["o"], loss = train_step(holder["p"], holder["o"], ids, side, target)
                 loss.block_until_ready()
 
-            t_step = _median_time(run_step, repeats)
+            t_step = median_time(run_step, repeats)
             analytic = KF.kuaiformer_forward_flops(max_len, d, setting["num_layers"], setting["num_heads"], k,
                                                    compress, token_in=token_in)
             analytic_full = KF.kuaiformer_forward_flops(max_len, d, setting["num_layers"], setting["num_heads"], k,
@@ -166,7 +155,7 @@ def bench_retrieval(repeats: int, sizes, batch: int = 32, d: int = 64, top_k: in
             for method in R.METHODS:
                 fn = jax.jit(lambda u, e, m=method: R.retrieve(u, e, top_k, quota="split", method=m,
                                                                recall_target=0.95, chunk_size=chunk)["ids"])
-                t = _median_time(lambda: fn(u, table).block_until_ready(), repeats)
+                t = median_time(lambda: fn(u, table).block_until_ready(), repeats)
                 ids[method] = fn(u, table)
                 rec = float(R.recall(ids[method], ids["exact"]).mean())
                 row = {"num_items": n, "interests": q, "method": method, "top_k": top_k, "batch": batch,

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -41,7 +42,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
     a = jax.random.normal(ka, (n, n), jnp.float32)
     b = jax.random.normal(kb, (n, n), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
-    t = _median_time(lambda: f(a, b).block_until_ready(), repeats)
+    t = median_time(lambda: f(a, b).block_until_ready(), repeats)
     return 2 * n ** 3 / t / 1e9
 
 
@@ -79,7 +80,7 @@ def bench_sasrec(config: str, overrides=(), repeats: int = 5, data_dir=None, tra
         jax.block_until_ready(m["loss"])
         holder["state"] = s
 
-    t_jit = _median_time(run_jit, repeats) / train_steps_per_repeat
+    t_jit = median_time(run_jit, repeats) / train_steps_per_repeat
 
     raw_step = steps_lib.train_step_fn(task, tx)
     eager_state = jax.device_get(holder["state"])
@@ -90,7 +91,7 @@ def bench_sasrec(config: str, overrides=(), repeats: int = 5, data_dir=None, tra
             _, m = raw_step(eager_state, eager_batch)
             jax.block_until_ready(m["loss"])
 
-    t_eager = _median_time(run_eager, max(2, repeats // 2))
+    t_eager = median_time(run_eager, max(2, repeats // 2))
 
     flops_per_example = task.train_flops_per_example()
     peak = matmul_gflops()
@@ -102,7 +103,7 @@ def bench_sasrec(config: str, overrides=(), repeats: int = 5, data_dir=None, tra
     batches = exp.eval_batches(valid_split)
     n_eval = batches.num_examples
     first = [batches[k] for k in range(len(batches))]  # decoded once: time the model, not the reader
-    t_vec = _median_time(lambda: evaluate(eval_step, holder["state"], first, part, task), max(2, repeats // 2))
+    t_vec = median_time(lambda: evaluate(eval_step, holder["state"], first, part, task), max(2, repeats // 2))
 
     params, model_state = holder["state"].params, holder["state"].model_state
     scores_one = jax.jit(lambda p, ids: task.scores(p, model_state, ids))
@@ -124,7 +125,7 @@ def bench_sasrec(config: str, overrides=(), repeats: int = 5, data_dir=None, tra
             out.append(1.0 / rank)
         return out
 
-    t_loop = _median_time(run_loop, max(2, repeats // 2))
+    t_loop = median_time(run_loop, max(2, repeats // 2))
     vec_eps = n_eval / t_vec
     loop_eps = len(rows) / t_loop
     return {
