@@ -43,6 +43,7 @@ nearest one above the raw folder); every reader problem is a :class:`DataError` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 
@@ -487,15 +488,8 @@ def _builder_class():
     return JaxrecCrossDomainSeq
 
 
-_BUILDER_CLS = None
-
-
-def builder_class():
-    """The TFDS builder class (created on first use so importing the catalogue stays cheap)."""
-    global _BUILDER_CLS
-    if _BUILDER_CLS is None:
-        _BUILDER_CLS = _builder_class()
-    return _BUILDER_CLS
+# The TFDS builder class, created once on first use (so importing the catalogue stays cheap).
+builder_class = functools.cache(_builder_class)
 
 
 def _resolve_raw(raw_dir: str | None, cfg: PairConfig) -> str | None:

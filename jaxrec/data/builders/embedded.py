@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -317,15 +318,8 @@ def _builder_class():
     return KuairandEmbedded
 
 
-_BUILDER_CLS = None
-
-
-def builder_class():
-    """The TFDS builder class (created once, on first use, so importing the catalogue stays cheap)."""
-    global _BUILDER_CLS
-    if _BUILDER_CLS is None:
-        _BUILDER_CLS = _builder_class()
-    return _BUILDER_CLS
+# The TFDS builder class, created once on first use (so importing the catalogue stays cheap).
+builder_class = functools.cache(_builder_class)
 
 
 def make_builder(raw_dir: str | None, data_dir: str):

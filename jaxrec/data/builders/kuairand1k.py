@@ -35,6 +35,7 @@ evaluation/, ``test`` = testing/):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -270,14 +271,8 @@ def _builder_class():
     return JaxrecKuairand1kAutocdsr
 
 
-_BUILDER_CLS = None
-
-
-def builder_class():
-    global _BUILDER_CLS
-    if _BUILDER_CLS is None:
-        _BUILDER_CLS = _builder_class()
-    return _BUILDER_CLS
+# The TFDS builder class, created once on first use (so importing the catalogue stays cheap).
+builder_class = functools.cache(_builder_class)
 
 
 def make_builder(raw_dir: str | None = None, data_dir: str | None = None, *, verify_checksums: bool = True):
