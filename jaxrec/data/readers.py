@@ -312,6 +312,19 @@ def _check_range(values: np.ndarray, offsets: np.ndarray, lines: np.ndarray, id_
                         got=int(values[k]))
 
 
+def _check_users(users, line_no, path, user_range, unique_users: bool) -> None:
+    """User ids within ``user_range`` (``[lo, hi)``, None = any) and, if asked, each on one line only."""
+    if user_range is not None and users.size:
+        lo, hi = user_range
+        bad = np.nonzero((users < lo) | (users >= hi))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(path, "user id out of range", line=int(line_no[i]), field="user",
+                            expected=f"user id in [{lo}, {hi})", got=int(users[i]))
+    if unique_users:
+        _check_unique_users(users, line_no, path)
+
+
 def _check_unique_users(users: np.ndarray, lines: np.ndarray, path) -> None:
     if users.size == 0:
         return
@@ -373,15 +386,7 @@ def read_id_sequence_file(path: str | os.PathLike, *, id_range: tuple[int, int] 
                                     expected="a decimal integer", got=t)
     line_no = np.arange(1, n + 1, dtype=np.int64)
     _check_range(values, offsets, line_no, id_range, path, "items")
-    if user_range is not None and n:
-        lo, hi = user_range
-        bad = np.nonzero((users < lo) | (users >= hi))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise DataError(path, "user id out of range", line=i + 1, field="user", expected=f"user id in [{lo}, {hi})",
-                            got=int(users[i]))
-    if unique_users:
-        _check_unique_users(users, line_no, path)
+    _check_users(users, line_no, path, user_range, unique_users)
     return Sequences(path=path, users=users, values=values, offsets=offsets, lines=line_no)
 
 
@@ -445,15 +450,7 @@ def read_timed_sequence_file(path: str | os.PathLike, *, layout: str, id_range: 
     line_no = np.arange(1, n + 1, dtype=np.int64)
     _check_range(values, offsets, line_no, id_range, path, "items")
     _check_range(tarr, offsets, line_no, time_range, path, "timestamps", what="timestamp")
-    if user_range is not None and n:
-        lo, hi = user_range
-        bad = np.nonzero((users < lo) | (users >= hi))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise DataError(path, "user id out of range", line=i + 1, field="user", expected=f"user id in [{lo}, {hi})",
-                            got=int(users[i]))
-    if unique_users:
-        _check_unique_users(users, line_no, path)
+    _check_users(users, line_no, path, user_range, unique_users)
     return Sequences(path=path, users=users, values=values, offsets=offsets, lines=line_no, times=tarr, extra=extra)
 
 
