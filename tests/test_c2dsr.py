@@ -16,6 +16,7 @@ import pytest
 
 from jaxrec.data import c2dsr_transforms as ct
 from jaxrec.data.catalog import DatasetInfo
+from jaxrec.data.errors import DataError
 from jaxrec.kernels import losses
 from jaxrec.kernels.metrics import MetricAccumulator
 from jaxrec.models import c2dsr as c2dsr_lib
@@ -252,7 +253,7 @@ def test_random_lines_match_official_and_corruption_keeps_own_domain():
     assert kept > 50
 
 
-def test_transforms_batches_and_resampling(setup):
+def test_transforms_batches_kept_source_and_resampling(setup):
     task, _, records = setup
     tf = ct.C2DSRTrainTransform(NX, NY, T, seed=5)
     b1, b2 = tf.map_batch(records), tf.map_batch(records)
@@ -263,13 +264,32 @@ def test_transforms_batches_and_resampling(setup):
     assert skipped.any() and (b1["x_mask"][skipped] == 0).all()
     table = task.table
     assert table.num_records == len(records) and table.num_kept == int(table.kept_flags.sum())
-    rb = task.train_transform().map_batch(records)
+    rb = ct.C2DSRResampledTrainTransform(table).map_batch(records)
     assert rb["keep"].all() and rb["seq"].shape == (len(records), T)
     rows = np.array([table.row_of_user[int(r["user_id"])] for r in records])
     counts = np.bincount(rows, minlength=table.num_kept)
     assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # round-robin: near-uniform multiplicity
     own = [i for i, f in enumerate(table.kept_flags) if f]
     np.testing.assert_array_equal(rb["seq"][own], tf.map_batch([records[i] for i in own])["seq"])
+    # drop_policy="kept" (default): the engine's source holds only the kept records, padded to a multiple of B
+    assert task.drop_policy == "kept"
+    src = task.train_source(records)
+    B = int(task.cfg.train.batch_size)
+    assert len(src) == -(-table.num_kept // B) * B and len(src) % B == 0
+    got = src.__getitems__(list(range(len(src))))
+    assert [int(r["user_id"]) for r in got[:table.num_kept]] == [int(records[i]["user_id"]) for i in own]
+    assert len({int(r["user_id"]) for r in got}) == table.num_kept  # the padding repeats kept records only
+    kb = task.train_transform().map_batch(got)
+    ref = ct.C2DSRTrainTransform(NX, NY, T, seed=task.corrupt_seed).map_batch(got)
+    assert kb["keep"].all() and ref["keep"].all()
+    for k in ct.TRAIN_KEYS:
+        np.testing.assert_array_equal(kb[k], ref[k], err_msg=k)
+    with pytest.raises(DataError):
+        task.train_transform().map_batch([records[i] for i, f in enumerate(table.kept_flags) if not f][:1])
+    with pytest.raises(DataError):
+        task.train_source(records[:-1])
+    mask_task = c2dsr_lib.C2DSRTask(make_cfg(drop_policy="mask"), synthetic_info(), train_records=records)
+    assert mask_task.train_source(records) is records
 
 
 def test_eval_transform_streams_last_slots_and_negatives():
@@ -431,7 +451,8 @@ def np_losses(params, st, b, positions, lam):
 
 
 def kept_batch(task, records, n=16):
-    return task.train_transform().map_batch(records[:n])
+    kept = [r for r, k in zip(records, task.table.kept_flags) if k]
+    return task.train_transform().map_batch(kept[:n])
 
 
 def test_encoder_forward_matches_numpy(setup, fns):
@@ -634,3 +655,54 @@ def test_real_llmcdsr_food_kitchen_few_steps(shared_data, tmp_path):
     out = train_from_config(cfg, str(tmp_path), data_dir=str(shared_data), progress=False)
     assert out["steps"] == 3
     assert np.isfinite(out["best_valid"]["X/mrr"]) and np.isfinite(out["test"]["Y/full/mrr"])
+
+
+# ------------------------------------------------------------------------------ masked head slots
+
+def test_masked_head_slots_equal_all_slots_loss_and_gradients(setup, fns):
+    """``head_slots="masked"`` (compacted rows, any capacity: none, exact, larger, too small -> fallback) gives
+    the ``"all"`` formulation's loss terms and gradients, with keep-masked rows and left-padded slots."""
+    task, params, records = setup
+    batch = fns["batch"]
+    tf = ct.C2DSRTrainTransform(NX, NY, T)
+    skipped = tf.map_batch([r for r in records if tf.example(r) is None][:3])
+    short = tf.map_batch([make_record(200, [0, 13, 1, 14]), make_record(201, [12, 0, 13, 2])])  # mostly left padding
+    assert short["keep"].all() and (short["x_mask"].sum(1) <= 2).all()
+    mixed = {k: np.concatenate([batch[k][:11], skipped[k], short[k]]) for k in batch}
+    assert mixed["keep"].sum() == 13
+    P = 5
+    w = lambda k: (mixed[k][:, -P:] * mixed["keep"][:, None]).astype(bool)  # noqa: E731
+    n_x = int(w("share_x_mask").sum() + w("x_mask").sum())
+    n_y = int(w("share_y_mask").sum() + w("y_mask").sum())
+    rows = 2 * len(mixed["keep"]) * P
+    assert 0 < n_x < rows and 0 < n_y < rows
+
+    @jax.jit
+    def all_slots(p, b):
+        return jax.value_and_grad(lambda p: task.model.apply(
+            {"params": p}, b, task.graphs(), train=False, loss_positions=P, head_slots="all",
+            method="training_losses")[0]["loss"])(p)
+
+    ref_loss, ref_grad = all_slots(params, mixed)
+    ref_terms = fns["train_losses"](params, mixed, 0.7, P)[0]  # default path (masked, every row)
+    for cap in (None, (n_x, n_y), (n_x + 7, n_y + 40), (n_x - 1, n_y // 2), (n_x, n_y - 1)):
+        f = jax.jit(lambda p, b, cap=cap: jax.value_and_grad(lambda p: task.model.apply(
+            {"params": p}, b, task.graphs(), train=False, loss_positions=P, head_slots="masked",
+            head_capacity=cap, method="training_losses")[0]["loss"])(p))
+        loss, grad = f(params, mixed)
+        np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6, err_msg=str(cap))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-7,
+                                                             err_msg=str(cap)), grad, ref_grad)
+    ref_all = jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=False, loss_positions=P,
+                                                    head_slots="all", method="training_losses")[0])(params, mixed)
+    for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
+        np.testing.assert_allclose(float(ref_terms[k]), float(ref_all[k]), rtol=1e-6, err_msg=k)
+
+
+def test_head_capacity_bounds():
+    counts = np.array([10, 9, 9, 3, 2, 2, 1, 0])
+    assert c2dsr_lib.head_capacity(counts, 3, sigmas=None, multiple=1) == 28  # the 3 largest
+    auto = c2dsr_lib.head_capacity(counts, 3, sigmas=2.0, multiple=1)
+    assert 3 * counts.mean() < auto <= 28
+    assert c2dsr_lib.head_capacity(counts, 3, sigmas=100.0, multiple=1) == 28  # capped at the strict bound
+    assert c2dsr_lib.head_capacity(counts, 3, sigmas=None, multiple=32) == 32

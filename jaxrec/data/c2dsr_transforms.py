@@ -71,6 +71,8 @@ __all__ = [
     "C2DSRTrainTransform",
     "C2DSRTrainTable",
     "C2DSRResampledTrainTransform",
+    "C2DSRKeptTrainTransform",
+    "KeptRecords",
     "C2DSREvalTransform",
     "build_train_table",
     "build_graphs",
@@ -266,7 +268,8 @@ class C2DSRTrainTransform(grain.transforms.Map):
 class C2DSRTrainTable:
     """Every kept training example, precomputed: ``arrays[key] [K, T]`` int32 (plus ``user_id [K]``).
 
-    ``row_of_user``: user id -> row used for that record by :class:`C2DSRResampledTrainTransform`: kept
+    ``row_of_user``: user id -> row used for that record by :class:`C2DSRResampledTrainTransform` (the
+    ``drop_policy="resample"`` stand-in from before the engine's ``train_source`` hook): kept
     records map to their own row; records the official loader skips are spread round-robin over the kept
     rows (in source order), so within one pass over the full source each kept example appears
     ``1 + floor or ceil(skipped / kept)`` times.
@@ -312,6 +315,62 @@ def build_train_table(records: Iterable[dict], num_x: int, num_y: int, max_len: 
             row_of_user[u] = j % len(rows)
             j += 1
     return C2DSRTrainTable(arrays, row_of_user, len(users), len(rows), seqs, kept_flags)
+
+
+class KeptRecords:
+    """Random-access view of the ``train`` split holding only the records the official loader keeps
+    (``table.kept_flags``, in source order), padded to a multiple of ``batch_size`` as the official loader pads
+    its last batch (``N mod B != 0``: it appends already-seen examples; here a fixed random subset of the kept
+    records, drawn with ``default_rng(seed)``). ``len = ceil(kept / B) * B``, so the engine's epoch is the
+    official epoch of ``ceil(kept / B)`` steps. ``split`` must be the split the table was built from (same
+    length and order; :class:`C2DSRKeptTrainTransform` checks every record's user id)."""
+
+    def __init__(self, split, table: "C2DSRTrainTable", batch_size: int, seed: int = 2040):
+        if len(split) != table.num_records:
+            raise DataError("KeptRecords", "the train split differs from the one the C2DSR table was built from",
+                            field="len", expected=table.num_records, got=len(split))
+        self.split = split
+        kept = np.nonzero(table.kept_flags)[0]
+        b = max(int(batch_size), 1)
+        extra = (-len(kept)) % b
+        rng = np.random.default_rng([int(seed), 0x6B6570])
+        fill = rng.choice(len(kept), size=extra, replace=extra > len(kept))
+        self.indices = np.concatenate([kept, kept[np.sort(fill)]]).astype(np.int64)
+        self.num_kept = len(kept)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.split[int(self.indices[i])]
+
+    def __getitems__(self, idx):
+        rows = [int(self.indices[i]) for i in idx]
+        getitems = getattr(self.split, "__getitems__", None)
+        return list(getitems(rows)) if getitems is not None else [self.split[r] for r in rows]
+
+
+class C2DSRKeptTrainTransform(grain.transforms.Map):
+    """Training batches of kept records (:class:`KeptRecords`) from the precomputed :class:`C2DSRTrainTable`:
+    each record's own preprocessed row, looked up by user id (identical to :class:`C2DSRTrainTransform` on
+    that record). A record the official loader skips is an error (``keep`` is all True)."""
+
+    def __init__(self, table: "C2DSRTrainTable"):
+        self.table = table
+        self.row_of_user = {int(u): i for i, u in enumerate(table.arrays["user_id"])}
+
+    def map(self, rec: dict) -> dict:
+        return {k: v[0] for k, v in self.map_batch([rec]).items()}
+
+    def map_batch(self, records: Sequence[dict]) -> dict:
+        try:
+            rows = np.array([self.row_of_user[int(r["user_id"])] for r in records], np.int64)
+        except KeyError as e:
+            raise DataError("C2DSRKeptTrainTransform", "record skipped by the official loader (or not in the "
+                            "precomputed training table)", field="user_id", got=e.args[0]) from None
+        out = {k: v[rows] for k, v in self.table.arrays.items()}
+        out["keep"] = np.ones((len(records),), bool)
+        return out
 
 
 class C2DSRResampledTrainTransform(grain.transforms.Map):

@@ -88,6 +88,7 @@ from jaxrec.nn.transformer import TransformerStack, sasrec_config, torch_linear_
 from jaxrec.registry import register_model, register_task
 
 HR_KS = (1, 5, 10)
+DROP_POLICIES = ("kept", "resample", "mask")
 NDCG_KS = (5, 10)
 
 
@@ -242,9 +243,23 @@ class C2DSR(nn.Module):
         """``(W_X [d, d], b_X, W_Y, b_Y)``: ``D(a, b) = aᵀ W b + β`` (``nn.Bilinear(d, d, 1)``)."""
         return self.disc_x, self.disc_x_bias, self.disc_y, self.disc_y_bias
 
+    def head_params(self, which: str):
+        """``(kernel [d, N], bias [N])`` of head ``"x"``, ``"y"`` or ``"pad"`` (the bound parameters)."""
+        mod = {"x": self.lin_x, "y": self.lin_y, "pad": self.lin_pad}[which]
+        p = mod.variables["params"]
+        return p["kernel"], p["bias"]
+
     def training_losses(self, batch, graphs, *, train: bool = True, lambda_: float = 0.7,
-                        loss_positions: int = 10):
-        """All six loss terms, the total and the states. ``batch``: training keys (c2dsr_transforms)."""
+                        loss_positions: int = 10, head_slots: str = "masked", head_capacity=None):
+        """All six loss terms, the total and the states. ``batch``: training keys (c2dsr_transforms).
+
+        ``head_slots``: ``"masked"`` evaluates each vocabulary head only on the slots whose mask is set
+        (:func:`masked_head_terms`; ``head_capacity = (C_X, C_Y)`` static row capacities, None = every slot);
+        ``"all"`` is the original formulation (every head at every ``B * P`` slot, masked afterwards). The
+        two give the same losses and gradients (up to float rounding).
+        """
+        if head_slots not in ("masked", "all"):
+            raise ValueError(f"head_slots: expected 'masked' or 'all', got {head_slots!r}")
         infomax = lambda_ != 1.0
         st = self(batch, graphs, train=train, corrupted=infomax)
         f, fx, fy = st["F"], st["F_X"], st["F_Y"]
@@ -255,18 +270,34 @@ class C2DSR(nn.Module):
         denom = jnp.maximum(keep.sum(), 1.0) * p
         sl = lambda a: a[:, t - p:]  # noqa: E731
         fs, fxs, fys = sl(f), sl(fx), sl(fy)
-        pad_f = self.logit_pad(fs)
+        weight = lambda mask: sl(batch[mask]).astype(jnp.float32) * keep[:, None]  # noqa: E731
 
-        def ce(logits, tgt, mask):
-            m = sl(batch[mask]).astype(jnp.float32) * keep[:, None]
-            return losses.softmax_cross_entropy(logits, sl(batch[tgt]), mask=m, reduction="sum") / denom
+        if head_slots == "all" or self.is_initializing():  # init: creates the head parameters
+            pad_f = self.logit_pad(fs)
 
-        terms = {
-            "loss_sx": ce(jnp.concatenate([self.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask"),
-            "loss_sy": ce(jnp.concatenate([self.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask"),
-            "loss_x": ce(jnp.concatenate([self.logits_x(fs + fxs), self.logit_pad(fxs)], -1), "x_tgt", "x_mask"),
-            "loss_y": ce(jnp.concatenate([self.logits_y(fs + fys), self.logit_pad(fys)], -1), "y_tgt", "y_mask"),
-        }
+            def ce(logits, tgt, mask):
+                return losses.softmax_cross_entropy(logits, sl(batch[tgt]), mask=weight(mask),
+                                                    reduction="sum") / denom
+
+            terms = {
+                "loss_sx": ce(jnp.concatenate([self.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask"),
+                "loss_sy": ce(jnp.concatenate([self.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask"),
+                "loss_x": ce(jnp.concatenate([self.logits_x(fs + fxs), self.logit_pad(fxs)], -1), "x_tgt",
+                             "x_mask"),
+                "loss_y": ce(jnp.concatenate([self.logits_y(fs + fys), self.logit_pad(fys)], -1), "y_tgt",
+                             "y_mask"),
+            }
+        else:
+            cap_x, cap_y = (None, None) if head_capacity is None else head_capacity
+            pad_w = self.head_params("pad")
+            terms = {}
+            for dom, fds, cap in (("x", fxs, cap_x), ("y", fys, cap_y)):
+                shared, single = masked_head_terms(
+                    fs, fds, sl(batch[f"share_{dom}_tgt"]), weight(f"share_{dom}_mask"), sl(batch[f"{dom}_tgt"]),
+                    weight(f"{dom}_mask"), self.head_params(dom), pad_w, capacity=cap)
+                terms[f"loss_s{dom}"] = shared / denom
+                terms[f"loss_{dom}"] = single / denom
+            terms = {k: terms[k] for k in ("loss_sx", "loss_sy", "loss_x", "loss_y")}
         pred = (terms["loss_sx"], terms["loss_sy"], terms["loss_x"], terms["loss_y"])
         if infomax:
             wx, bx, wy, by = self.discriminators()
@@ -294,6 +325,91 @@ class C2DSR(nn.Module):
         ux = f_last + take(st["F_X"], batch["x_last"])
         uy = f_last + take(st["F_Y"], batch["y_last"])
         return self.logits_x(ux), self.logits_y(uy)
+
+
+
+# ---------------------------------------------------------------------------------------------- heads
+
+def pad_class_nll(hidden, pad_hidden, labels, head, pad_head):
+    """Per-row ``CE([hidden @ W + b ; pad_hidden @ w_pad + b_pad], label)`` without materialising the
+    concatenated ``N + 1`` logits: ``logaddexp(logsumexp(logits), pad) - logit[label]``; label ``N`` is the
+    PAD class. ``hidden, pad_hidden [R, d]``, ``labels [R]``, ``head = (W [d, N], b [N])``, ``pad_head = (w
+    [d, 1], b [1])`` -> ``[R]``."""
+    w, b = head
+    logits = hidden @ w + b
+    pad = (pad_hidden @ pad_head[0] + pad_head[1])[:, 0]
+    n = w.shape[-1]
+    labels = jnp.asarray(labels, jnp.int32)
+    lse = jnp.logaddexp(jax.nn.logsumexp(logits, axis=-1), pad)
+    tgt = jnp.take_along_axis(logits, jnp.clip(labels, 0, n - 1)[:, None], axis=-1)[:, 0]
+    return lse - jnp.where(labels >= n, pad, tgt)
+
+
+def masked_head_terms(fs, fds, share_tgt, share_w, tgt, w, head, pad_head, *, capacity=None):
+    """The two masked-CE *sums* of one domain's vocabulary head, evaluated only where a weight is non-zero.
+
+    Shared term: rows ``fs`` (mixed states) with PAD logit from ``fs``, labels ``share_tgt``, weights
+    ``share_w``; single-domain term: rows ``fs + fds`` with PAD logit from ``fds``, labels ``tgt``, weights
+    ``w`` (all ``[B, P(, d)]``). Returns ``(Σ share_w · nll, Σ w · nll)``, equal to the ``"all"``
+    formulation's masked sums.
+
+    The ``2·B·P`` candidate rows are compacted (``jnp.nonzero`` with a static ``size``) into ``capacity``
+    rows, so the ``[rows, N]`` logits (forward and backward) cost ``capacity / (2·B·P)`` of the dense
+    formulation. ``capacity = None`` (or ``>= 2·B·P``): every candidate row, no gather. When a batch holds
+    more weighted rows than ``capacity`` the step falls back (``lax.cond``, only one branch runs) to every
+    candidate row, rematerialised so that it stores no ``[rows, N]`` residual: no slot is ever dropped, a
+    capacity only sets the speed.
+    """
+    d = fs.shape[-1]
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+    hidden = jnp.concatenate([flat(fs), flat(fs + fds)])
+    pad_hidden = jnp.concatenate([flat(fs), flat(fds)])
+    labels = jnp.concatenate([flat(share_tgt), flat(tgt)]).astype(jnp.int32)
+    weights = jnp.concatenate([flat(share_w), flat(w)]).astype(hidden.dtype)
+    n_shared = fs.shape[0] * fs.shape[1]
+    rows = hidden.shape[0]
+    assert hidden.shape == (rows, d)
+
+    def dense(hidden, pad_hidden, labels, weights, head, pad_head):
+        nll = pad_class_nll(hidden, pad_hidden, labels, head, pad_head) * weights
+        return nll[:n_shared].sum(), nll[n_shared:].sum()
+
+    if capacity is None or capacity >= rows:
+        return dense(hidden, pad_hidden, labels, weights, head, pad_head)
+    capacity = int(capacity)
+    selected = weights != 0
+    count = selected.sum()
+
+    def compact(hidden, pad_hidden, labels, weights, head, pad_head):
+        idx = jnp.nonzero(selected, size=capacity, fill_value=0)[0]
+        rw = jnp.where(jnp.arange(capacity) < count, weights[idx], 0.0)
+        nll = pad_class_nll(hidden[idx], pad_hidden[idx], labels[idx], head, pad_head) * rw
+        is_shared = idx < n_shared
+        return jnp.where(is_shared, nll, 0.0).sum(), jnp.where(is_shared, 0.0, nll).sum()
+
+    return jax.lax.cond(count <= capacity, compact, jax.checkpoint(dense), hidden, pad_hidden, labels, weights,
+                        head, pad_head)
+
+
+def head_capacity(counts, batch_size: int, *, sigmas: float | None = 4.0, multiple: int = 32) -> int:
+    """A static row capacity for one vocabulary head from the per-example counts of weighted slots over the
+    training table (``counts [K]``, kept examples).
+
+    ``sigmas = None``: the strict bound -- the sum of the ``batch_size`` largest counts, which no batch of
+    distinct examples can exceed. Otherwise ``B·mean + sigmas·std_B`` with ``std_B`` the standard deviation
+    of a batch sum drawn without replacement (``sqrt(B·var·(K-B)/(K-1))``), capped at the strict bound; a
+    batch above it takes :func:`masked_head_terms`' exact fallback. Rounded up to ``multiple``.
+    """
+    c = np.sort(np.asarray(counts, np.float64))[::-1]
+    b = int(batch_size)
+    k = c.shape[0]
+    strict = c[:b].sum() if k >= b else c.sum() + (b - k) * (c[0] if k else 0)
+    if sigmas is None:
+        cap = strict
+    else:
+        var = c.var() * b * (max(k - b, 0) / max(k - 1, 1))
+        cap = min(strict, b * c.mean() + float(sigmas) * math.sqrt(var))
+    return int(max(multiple, -(-math.ceil(cap) // multiple) * multiple))
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -367,10 +483,19 @@ class C2DSRTask:
         self.loss_positions = int(task.get("loss_positions", 10))
         self.corrupt_seed = int(task.get("corrupt_seed", 2040))
         self.y_final_strict = bool(task.get("y_final_strict", True))
-        self.drop_policy = task.get("drop_policy", "resample")
-        if self.drop_policy not in ("resample", "mask"):
-            raise ConfigError(f"config key 'task.drop_policy': expected 'resample' or 'mask', got "
+        self.drop_policy = task.get("drop_policy", "kept")
+        if self.drop_policy not in DROP_POLICIES:
+            raise ConfigError(f"config key 'task.drop_policy': expected one of {DROP_POLICIES}, got "
                               f"{self.drop_policy!r}")
+        self.head_slots = task.get("head_slots", "masked")
+        if self.head_slots not in ("masked", "all"):
+            raise ConfigError(f"config key 'task.head_slots': expected 'masked' or 'all', got {self.head_slots!r}")
+        cap = task.get("head_capacity", "auto")
+        if not (cap in ("auto", "bound") or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0)):
+            raise ConfigError(f"config key 'task.head_capacity': expected 'auto', 'bound' or a positive int, "
+                              f"got {cap!r}")
+        self.head_capacity_mode = cap
+        self.head_capacity_sigmas = float(task.get("head_capacity_sigmas", 4.0))
         graph_lines = task.get("graph_lines", "all")
         if graph_lines not in ("all", "kept"):
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
@@ -388,6 +513,31 @@ class C2DSRTask:
         if graph_lines == "kept":
             seqs = [s for s, k in zip(seqs, self.table.kept_flags) if k]
         self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
+        self.head_capacities = self._head_capacities(int(cfg.train.batch_size))
+
+    @property
+    def supervised_positions(self) -> int:
+        return self.max_len if not self.loss_positions or self.loss_positions >= self.max_len else \
+            self.loss_positions
+
+    def head_slot_counts(self) -> dict:
+        """Per kept example: weighted slots of each head's rows over the supervised positions, ``{"x": share_x +
+        x, "y": share_y + y}`` (``[K]`` int)."""
+        a, p = self.table.arrays, self.supervised_positions
+        return {d: a[f"share_{d}_mask"][:, -p:].sum(1) + a[f"{d}_mask"][:, -p:].sum(1) for d in ("x", "y")}
+
+    def _head_capacities(self, batch_size: int):
+        """``(C_X, C_Y)`` static row capacities of the masked heads (:func:`head_capacity`), or None (every
+        row) for ``head_slots="all"``. ``task.head_capacity``: ``"auto"`` = batch mean + ``head_capacity_sigmas``
+        standard deviations (a rarer batch above it runs the exact dense fallback), ``"bound"`` = the strict
+        sum of the ``B`` largest per-example counts (no batch of distinct examples exceeds it), an int = both."""
+        if self.head_slots == "all":
+            return None
+        if isinstance(self.head_capacity_mode, int):
+            return (self.head_capacity_mode,) * 2
+        sig = None if self.head_capacity_mode == "bound" else self.head_capacity_sigmas
+        counts = self.head_slot_counts()
+        return tuple(head_capacity(counts[d], batch_size, sigmas=sig) for d in ("x", "y"))
 
     # ----------------------------------------------------------------------------------- data
     @property
@@ -398,9 +548,22 @@ class C2DSRTask:
         """Official steps per epoch: ``ceil(kept / B)`` (the loader pads the last batch by wrapping)."""
         return math.ceil(self.table.num_kept / batch_size)
 
+    def train_source(self, train_split):
+        """Engine hook: the records to train on. ``drop_policy="kept"``: only the records the official loader
+        keeps, padded as the official loader does to a multiple of the batch size (its last batch wraps to the
+        first examples; here the repeated ones are a fixed random subset), so an engine epoch is the official
+        epoch of ``ceil(kept / B)`` steps; ``"resample"`` / ``"mask"``: the whole split."""
+        if self.drop_policy != "kept":
+            return train_split
+        from jaxrec.data import c2dsr_transforms as ct
+
+        return ct.KeptRecords(train_split, self.table, int(self.cfg.train.batch_size), seed=self.corrupt_seed)
+
     def train_transform(self):
         from jaxrec.data import c2dsr_transforms as ct
 
+        if self.drop_policy == "kept":
+            return ct.C2DSRKeptTrainTransform(self.table)
         if self.drop_policy == "resample":
             return ct.C2DSRResampledTrainTransform(self.table)
         return ct.C2DSRTrainTransform(self.num_x, self.num_y, self.max_len, self.corrupt_seed, self.y_final_strict)
@@ -434,7 +597,8 @@ class C2DSRTask:
     def loss(self, params, model_state, batch, rng):
         variables = {"params": params, **model_state}
         terms, _ = self.model.apply(variables, batch, self.graphs(), train=True, lambda_=self.lambda_,
-                                    loss_positions=self.loss_positions, method="training_losses",
+                                    loss_positions=self.loss_positions, head_slots=self.head_slots,
+                                    head_capacity=self.head_capacities, method="training_losses",
                                     rngs={"dropout": rng})
         loss = terms.pop("loss")
         return loss, (terms, model_state)
@@ -458,7 +622,12 @@ class C2DSRTask:
         p = T if not self.loss_positions or self.loss_positions >= T else self.loss_positions
         block = flops_lib.transformer_block(T, d, m.num_heads, d // m.num_heads, d, causal_half=False)
         passes = 3 + (2 if self.lambda_ != 1.0 else 0)
-        heads = flops_lib.dense(p, d, 2 * (self.num_x + 1) + 2 * (self.num_y + 1))
+        if self.head_capacities is None:  # every head at every supervised slot
+            heads = flops_lib.dense(p, d, 2 * (self.num_x + 1) + 2 * (self.num_y + 1))
+        else:  # C_X (C_Y) compacted rows per batch through the X (Y) head
+            cx, cy = self.head_capacities
+            heads = flops_lib.dense(1, d, cx * (self.num_x + 1) + cy * (self.num_y + 1)) / max(
+                int(self.cfg.train.batch_size), 1)
         # the GCN runs once per step over the three tables (mixed graph once, single-domain graph twice); its
         # cost is shared by the batch
         num_edges = len(self.graphs_np["mixed"][0]) + 2 * len(self.graphs_np["single"][0])
