@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["run", "flops_grid", "flops_check", "latency", "quality", "plot", "SMALL", "FULL"]
+__all__ = ["run", "flops_grid", "flops_check", "latency", "quality", "plot", "SMALL", "MEDIUM", "FULL", "GRIDS"]
 
 _STREAM_SMALL = dict(num_users=384, events_per_user=40, num_items=48, num_categories=6, pattern_window=32, signal=6.0)
 _STREAM_FULL = dict(num_users=2048, events_per_user=96, num_items=96, num_categories=6, pattern_window=48, signal=6.0)
@@ -69,6 +69,16 @@ FULL = dict(
              + [("none", L, n) for L in (2, 4) for n in (16, 32)]),
     quality_d=32, epochs=8, batch=256, lr=3e-3, seeds=(0, 1, 2), fast_compile=False,
 )
+# between the two: the FULL FLOPs/latency/check grids, a 2.5x smaller stream than FULL and 13 quality points
+# x 3 seeds (about an hour on 2 loaded CPU cores)
+_STREAM_MEDIUM = dict(num_users=1024, events_per_user=64, num_items=64, num_categories=6, pattern_window=32, signal=6.0)
+MEDIUM = dict(
+    FULL, stream=_STREAM_MEDIUM, eval_rounds=12, batch=256, lr=3e-3, quality_d=32, epochs=8, seeds=(0, 1, 2),
+    fast_compile=True,
+    quality=([("kv_fresh1", L, n) for L in (1, 2, 4) for n in (8, 16, 32)] + [("kv", 2, 16), ("h", 2, 16)]
+             + [("none", L, 16) for L in (2, 4)]),
+)
+GRIDS = {"small": SMALL, "medium": MEDIUM, "full": FULL}
 
 
 def _machine() -> dict:
@@ -212,9 +222,13 @@ def _auc_gauc(scores, labels, users) -> tuple[float, float]:
 
 
 def quality(configs, stream_kw: dict, *, d: int = 16, eval_rounds: int = 8, epochs: int = 3, batch: int = 128,
-            seeds=(0,), lr: float = 3e-3, tower_features=("seq",), log=print) -> list[dict]:
+            seeds=(0,), lr: float = 3e-3, tower_features=("seq",), log=print, rows_path=None) -> list[dict]:
     """Train each ``(mode, L, n)`` on the synthetic stream's first rounds (causal order), evaluate the last
-    ``eval_rounds`` rounds in serving order; see the module docstring."""
+    ``eval_rounds`` rounds in serving order; see the module docstring.
+
+    ``rows_path``: a JSON-lines file; every finished row is appended to it, and rows already there (same seed,
+    mode, L, n, d) are taken from it instead of being recomputed -- an interrupted run resumes where it stopped
+    (each row is computed from its own seed, so a resumed run gives the rows an uninterrupted one would)."""
     import optax
 
     from jaxrec.models import marm as M
@@ -223,6 +237,18 @@ def quality(configs, stream_kw: dict, *, d: int = 16, eval_rounds: int = 8, epoc
     from jaxrec.parallel.partitioner import Partitioner
 
     rows = []
+    done: dict = {}
+    if rows_path is not None:
+        rows_path = pathlib.Path(rows_path)
+        if rows_path.exists():
+            for i, line in enumerate(rows_path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    done[(r["seed"], r["mode"], r["L"], r["n"], r["d"])] = r
+                except (ValueError, KeyError) as e:  # a line cut by a kill: recompute that row
+                    log(f"  {rows_path}:{i}: unreadable row ({e}); it is recomputed")
     partitioner = Partitioner(make_mesh((("data", 1),), devices=jax.devices()[:1]))
     for seed in seeds:
         cols = M.synthetic_stream(**stream_kw, seed=seed)
@@ -235,6 +261,10 @@ def quality(configs, stream_kw: dict, *, d: int = 16, eval_rounds: int = 8, epoc
         ceiling = float(_auc_gauc(cols["pattern"][ev].astype(np.float32), cols["labels"][ev, 0],
                                   cols["user"][ev])[1])
         for mode, L, n in configs:
+            if (seed, mode, L, n, d) in done:
+                rows.append(done[(seed, mode, L, n, d)])
+                log(f"  quality {mode} L={L} n={n} seed={seed}: from {rows_path}")
+                continue
             t0 = time.perf_counter()
             cap = 1 << int(math.ceil(math.log2(cols["user"].size * 1.5)))
             task = M.MARMRankingTask(_cfg(mode, L, n, d, capacity=cap, tower_features=tower_features), info,
@@ -280,6 +310,9 @@ def quality(configs, stream_kw: dict, *, d: int = 16, eval_rounds: int = 8, epoc
             row["seconds"] = time.perf_counter() - t0
             row["train_seconds"] = t_train
             rows.append(row)
+            if rows_path is not None:
+                with open(rows_path, "a") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
             log(f"  quality {mode} L={L} n={n} seed={seed}: gauc={gauc:.4f} auc={auc:.4f}"
                 + (f" refreshed={row['gauc_refreshed']:.4f}" if "gauc_refreshed" in row else "")
                 + f" ({row['seconds']:.0f}s)")
@@ -363,12 +396,23 @@ def plot(result: dict, path) -> None:
 # ============================================================================================ entry
 
 def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/results", name: str | None = None,
-        sections=("flops", "check", "latency", "quality"), log=print) -> dict:
+        sections=("flops", "check", "latency", "quality"), log=print, grid: str | None = None) -> dict:
     """Runs the benchmark (``small``: minutes on 2 CPU cores) and writes ``<out_dir>/<name>.json`` and ``.png``
-    (``name`` defaults to ``marm_small`` / ``marm``; ``out_dir=None`` writes nothing). Returns the result dict."""
-    g = SMALL if small else FULL
+    (``name`` defaults to ``marm_<grid>`` -- ``marm_small`` / ``marm_medium`` / ``marm`` for the full grid;
+    ``out_dir=None`` writes nothing). ``grid`` ("small" | "medium" | "full") overrides ``small``. With an
+    ``out_dir``, quality rows are appended to ``<name>.quality.jsonl`` as they finish and a rerun resumes from
+    them (delete the file to start over). Returns the result dict."""
+    grid = grid or ("small" if small else "full")
+    if grid not in GRIDS:
+        raise ValueError(f"marm bench: grid must be one of {sorted(GRIDS)}, got {grid!r}")
+    g = GRIDS[grid]
+    stem = name or {"small": "marm_small", "medium": "marm_medium", "full": "marm"}[grid]
+    rows_path = None
+    if out_dir is not None:
+        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+        rows_path = pathlib.Path(out_dir) / f"{stem}.quality.jsonl"
     t0 = time.perf_counter()
-    res = {"benchmark": "marm", "small": bool(small), "machine": _machine(), "grid": {
+    res = {"benchmark": "marm", "grid_name": grid, "small": grid == "small", "machine": _machine(), "grid": {
         k: v for k, v in g.items() if k not in ("check", "latency", "quality")}}
     res["flops"] = flops_grid(g["flops_L"], g["flops_n"], g["flops_d"])
     if "check" in sections:
@@ -383,15 +427,14 @@ def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/res
         jax.config.update("jax_disable_most_optimizations", bool(g["fast_compile"]))  # tiny models: compile-bound
         try:
             res["quality"] = quality(g["quality"], g["stream"], d=g["quality_d"], eval_rounds=g["eval_rounds"],
-                                     epochs=g["epochs"], batch=g["batch"], lr=g["lr"], seeds=g["seeds"], log=log)
+                                     epochs=g["epochs"], batch=g["batch"], lr=g["lr"], seeds=g["seeds"], log=log,
+                                     rows_path=rows_path)
         finally:
             jax.config.update("jax_disable_most_optimizations", prev)
     res["machine"]["load_average_1min_end"] = _machine()["load_average_1min"]
     res["wall_seconds"] = time.perf_counter() - t0
     if out_dir is not None:
         out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = name or ("marm_small" if small else "marm")
         (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
         if "quality" in res:
             plot(res, out / f"{stem}.png")

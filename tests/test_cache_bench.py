@@ -1,0 +1,37 @@
+"""The MARM cache benchmark's bookkeeping: grids, and resuming the quality section from its rows file."""
+
+import json
+
+import pytest
+
+from jaxrec.cache import bench
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+STREAM = dict(num_users=16, events_per_user=6, num_items=12, num_categories=3, pattern_window=4, signal=4.0)
+
+
+def test_grids_are_consistent():
+    assert set(bench.GRIDS) == {"small", "medium", "full"}
+    for g in bench.GRIDS.values():
+        for mode, L, n in g["quality"]:
+            assert mode in ("kv", "kv_fresh1", "h", "none") and L >= 1 and n >= 1
+    with pytest.raises(ValueError, match="grid must be one of"):
+        bench.run(grid="huge", out_dir=None, sections=())
+
+
+def test_quality_rows_resume(tmp_path):
+    rows_path = tmp_path / "q.jsonl"
+    kw = dict(d=4, eval_rounds=2, epochs=1, batch=8, seeds=(0,), rows_path=rows_path)
+    logs = []
+    first = bench.quality([("kv_fresh1", 1, 4)], STREAM, log=logs.append, **kw)
+    assert len(first) == 1 and rows_path.exists()
+    saved = [json.loads(x) for x in rows_path.read_text().splitlines()]
+    assert saved == [json.loads(json.dumps(first[0], default=float))]
+    # a cut last line (a kill mid-write) is reported and that row recomputed; finished rows are reused
+    with open(rows_path, "a") as f:
+        f.write('{"seed": 0, "mode": "kv"')
+    logs.clear()
+    again = bench.quality([("kv_fresh1", 1, 4)], STREAM, log=logs.append, **kw)
+    assert again[0]["gauc"] == first[0]["gauc"] and again[0]["seconds"] == first[0]["seconds"]
+    assert any("unreadable row" in m for m in logs) and any("from" in m for m in logs)
