@@ -149,7 +149,7 @@ class EpisodeLatent(nn.Module):
     hidden_dim: int
     latent_dim: int
     posterior: str = "support_query"
-    scope: str = "episode"
+    latent_scope: str = "episode"  # (``scope`` is a reserved Flax attribute)
 
     def setup(self):
         self.set_encoder = SetEncoder(self.hidden_dim, self.latent_dim)
@@ -162,7 +162,7 @@ class EpisodeLatent(nn.Module):
         sm, qm = jnp.asarray(s_mask, jnp.float32), jnp.asarray(q_mask, jnp.float32)
         r_s, r_q = enc.embed(s_x), enc.embed(q_x)
         mu_p, lv_p = enc.latent(set_mean(r_s, sm))
-        if self.scope == "episode":
+        if self.latent_scope == "episode":
             if self.posterior == "support_query":
                 r = set_mean(jnp.concatenate([r_s, r_q], 0), jnp.concatenate([sm, qm], 0))
             else:
@@ -260,7 +260,8 @@ class CDSRNP(nn.Module):
         if self.use_np:
             vmapped = nn.vmap(EpisodeLatent, variable_axes={"params": None}, split_rngs={"params": False},
                               in_axes=0, out_axes=0, methods=["__call__", "prior"])
-            self.latent = vmapped(self.set_hidden_dim, self.latent_dim, self.posterior, self.latent_scope)
+            self.latent = vmapped(hidden_dim=self.set_hidden_dim, latent_dim=self.latent_dim,
+                                  posterior=self.posterior, latent_scope=self.latent_scope)
             ad = dict(embed_dim=self.embed_dim, mode=self.adapt, pool=self.adapt_pool)
             self.adapt_f = InterestAdapter(**ad)
             self.adapt_x = InterestAdapter(**ad)
@@ -325,7 +326,10 @@ class CDSRNP(nn.Module):
         if self.use_np:
             feats = self.user_features(st, rows)
             mu_p, lv_p, mu_q, lv_q = self.episode_latents(batch, feats[:rq], feats[rq:], num_episodes)
-            kl = losses.gaussian_kl(mu_q, lv_q, mu_p, lv_p)  # [E] or [E, Nq]
+            if mu_q.ndim == 3:  # one posterior per query user: [E, Nq, Z] against the episode prior
+                kl = losses.gaussian_kl(mu_q, lv_q, mu_p[:, None], lv_p[:, None])  # [E, Nq]
+            else:
+                kl = losses.gaussian_kl(mu_q, lv_q, mu_p, lv_p)  # [E]
             e = num_episodes
             nq, ns = rq // e, (rows["seq"].shape[0] - rq) // e
             z_q = mu_q + jnp.exp(0.5 * lv_q) * self._noise(mu_q.shape, sample)
