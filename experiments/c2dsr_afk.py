@@ -12,8 +12,9 @@ Every training record is one user's sequence without its last two items; the C2D
 (T - 1 inputs, the official position table's limit), the graphs every transition of the training sequences.
 
 Epochs. 7,144 training records; the official skip rule keeps 6,909 at T = 15 (ceil(6909 / 256) = 27 official
-steps per epoch) and all 7,144 at T = 50 (28 steps per epoch); skipped records are replaced by kept ones
-(``task.drop_policy="resample"``). Run length in steps: 100 official epochs, validation every 5.
+steps per epoch) and all 7,144 at T = 50 (28 steps per epoch). The task's ``train_source`` hook
+(``task.drop_policy="kept"``) makes the engine's epoch the official one; 100 epochs, validation every 5
+(``train.eval_every`` counts steps: 5 x steps per epoch).
 """
 
 import ml_collections
@@ -32,10 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8))
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
-        drop_policy="resample", graph_lines="all"))
+        drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
+        head_capacity_sigmas=4.0))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(
-        seed=2040, batch_size=256, num_epochs=0, num_steps=100 * spe, log_every=spe, eval_every=5 * spe,
+        seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,
         checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max"))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,

@@ -9,10 +9,14 @@ positions supervised, Adam(1e-3, β = (0.9, 0.98), eps 1e-8), no weight decay / 
 100 epochs, validation every 5 epochs, 999 sampled negatives (+ full ranking), eval batch 2048.
 
 Epochs. The ``train`` split holds 51,164 records (train_A + train_B + train_overlap); the official skip rule
-(no X or no Y target) keeps 7,354 of them at T = 15 (only overlapping users survive), i.e. ceil(7354 / 256) = 29
-official steps per epoch. The engine iterates over the full split (199 batches per engine epoch) with every
-skipped record replaced by a kept example (``task.drop_policy="resample"``), so the run length is set in steps:
-100 official epochs = 2,900 steps, validation every 5 official epochs = 145 steps.
+(no X or no Y target) keeps 7,354 of them at T = 15 (only overlapping users survive). The task's
+``train_source`` hook (``task.drop_policy="kept"``) hands the engine only those records, padded to a multiple of
+the batch size as the official loader pads its last batch, so an engine epoch is the official epoch:
+ceil(7354 / 256) = 29 steps. 100 epochs; validation (and checkpoints) every 5 epochs = every 145 steps
+(``train.eval_every`` counts steps).
+
+Training speed: ``task.head_slots="masked"`` (default) evaluates the four vocabulary heads only on the slots
+whose mask is set (same loss and gradients as ``"all"``); ``benchmarks/bench_c2dsr.py`` measures both.
 
 Per-domain metrics: ``X/mrr, X/ndcg@5, X/ndcg@10, X/hr@1, X/hr@5, X/hr@10`` (official 999-negative protocol),
 ``X/full/...`` (full ranking over the domain), the same for ``Y/``, and ``all/...``.
@@ -30,11 +34,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8))
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
-        drop_policy="resample", graph_lines="all"))
+        drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
+        head_capacity_sigmas=4.0))
     c.data = ml_collections.ConfigDict(dict(name="llmcdsr/food_kitchen", cache=True))
-    spe = -(-KEPT_LINES_T15 // 256)  # official steps per epoch
+    spe = -(-KEPT_LINES_T15 // 256)  # official steps per epoch (= the engine's, drop_policy='kept')
     c.train = ml_collections.ConfigDict(dict(
-        seed=2040, batch_size=256, num_epochs=0, num_steps=100 * spe, log_every=29, eval_every=5 * spe,
+        seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,
         checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max"))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,

@@ -16,7 +16,9 @@ Architecture (shapes: ``B`` batch, ``T`` = ``max_len``, ``d`` = ``embed_dim``, `
     F_cx = enc(corru_x, pos, H, E);  F_cy = enc(corru_y, pos, H, E)     (same weights as F)
     heads: lin_X: d -> NX, lin_Y: d -> NY, lin_PAD: d -> 1;  D_X, D_Y: bilinear d x d -> 1
 
-Losses (last ``P = 10`` positions; each mean over all ``B * P`` slots, masked slots count in the denominator):
+Losses (last ``P = 10`` positions; each mean over all ``B * P`` slots, masked slots count in the denominator;
+as written each head runs at every slot -- ``task.head_slots="all"`` -- the default ``"masked"`` computes the
+same sums on the weighted slots only, see below):
     L_sx = CE([lin_X(F); lin_PAD(F)], share_x_tgt) * share_x_mask       (NX + 1 classes, PAD class last)
     L_sy = CE([lin_Y(F); lin_PAD(F)], share_y_tgt) * share_y_mask
     L_x  = CE([lin_X(F + F_X); lin_PAD(F_X)], x_tgt) * x_mask
@@ -24,6 +26,19 @@ Losses (last ``P = 10`` positions; each mean over all ``B * P`` slots, masked sl
     L_mi_X, L_mi_Y = kernels.losses.c2dsr_infomax_loss(F, F_X, F_Y, F_cx, F_cy, x_mask, y_mask, ...)
         (full-length target masks; L_mi_X = BCE(D_X(c_Y, s_X), 1) + BCE(D_X(c~_Y, s_X), 0), mirror for Y)
     L = λ (L_sx + L_sy + L_x + L_y) + (1 - λ)(L_mi_X + L_mi_Y),   λ = 0.7 (kernels.losses.c2dsr_total_loss)
+
+Masked heads (``task.head_slots`` ["masked"]): each loss term is a sum over slots with a non-zero weight
+(``mask * keep``; ``share_x_mask`` / ``share_y_mask`` are disjoint, short sequences are left-padded with zero
+masks), so each vocabulary head only needs those rows: per domain the ``2·B·P`` candidate rows (shared + single
+term) are compacted with ``jnp.nonzero(size=C)`` into a static capacity ``C_X`` / ``C_Y`` and put through one
+``[C, d] @ [d, N]`` matmul; the PAD class is folded in as ``logaddexp(logsumexp(logits), pad)`` instead of a
+concatenated ``N + 1`` column (:func:`masked_head_terms`, :func:`pad_class_nll`). Capacities come from the
+training table (:meth:`C2DSRTask.head_slot_counts`, :func:`head_capacity`): ``task.head_capacity`` ["auto"] =
+batch mean + ``task.head_capacity_sigmas`` [4] standard deviations (on food_kitchen, B = 256: ``C_X = 2048``,
+``C_Y = 2496`` of 5,120 candidate rows; batch means 1,795 / 2,243); a batch with more weighted rows runs an
+exact dense fallback (``lax.cond``; no slot is ever dropped); ``"bound"`` = the strict sum of the ``B`` largest
+per-example counts (4,288 / 4,640 of 5,120 rows on food_kitchen: little saving); an int sets both. Loss and gradients equal
+the ``"all"`` formulation's up to float rounding (tests/test_c2dsr.py); ``"all"`` stays for comparison.
 
 Evaluation (eval mode, GCN once per batch): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
 (no PAD logit), target Y: ``lin_Y(F[:, -1] + F_Y[b, y_last])``; the mixed state at the *last position* plus
@@ -53,9 +68,11 @@ Quirks of the official code reproduced (default) and the options where the paper
   * Training data (:mod:`jaxrec.data.c2dsr_transforms`): single-domain targets with the "delete the last X
     (Y) item if the final item is not X (Y)" rule; the strict ``> NX`` test for a final Y item
     (``task.y_final_strict`` [True]); lines without an X or a Y target are skipped; corrupted sequences and
-    evaluation negatives drawn once. ``task.drop_policy`` ["resample"]: the engine iterates over the whole
-    ``train`` split, so skipped records are replaced by kept examples (round-robin; see
-    ``C2DSRTrainTable``) and every batch has ``B`` real examples; ``"mask"`` keeps them as zero-weight rows.
+    evaluation negatives drawn once. ``task.drop_policy`` ["kept"]: the task's ``train_source`` hook gives
+    the engine only the kept records, padded to a multiple of ``B`` as the official loader pads its last
+    batch (``c2dsr_transforms.KeptRecords``), so an engine epoch is the official epoch of ``ceil(kept / B)``
+    steps; ``"resample"`` (the former stand-in): the whole split, skipped records replaced by kept examples
+    round-robin (``C2DSRTrainTable``); ``"mask"``: the whole split, skipped records as zero-weight rows.
     ``task.graph_lines`` ["all"]: the graphs use every training line (official; skipped lines included),
     ``"kept"`` only the kept ones.
   * Not reproducible in this engine: the official batch order is fixed for all epochs (here reshuffled every
@@ -450,7 +467,9 @@ class C2DSRTask:
 
     Config keys: ``model.*`` (C2DSR attributes except ``num_x, num_y``); ``task.lambda_`` [0.7],
     ``task.loss_positions`` [10], ``task.corrupt_seed`` [2040], ``task.y_final_strict`` [True],
-    ``task.drop_policy`` ["resample" | "mask"], ``task.graph_lines`` ["all" | "kept"];
+    ``task.drop_policy`` ["kept" | "resample" | "mask"], ``task.graph_lines`` ["all" | "kept"],
+    ``task.head_slots`` ["masked" | "all"], ``task.head_capacity`` ["auto" | "bound" | int],
+    ``task.head_capacity_sigmas`` [4.0];
     ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history`` [False]
     (full ranking only), ``eval.full_ranking`` [True].
 

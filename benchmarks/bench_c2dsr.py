@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""C2DSR training-step and evaluation benchmark on llmcdsr/food_kitchen (official hyperparameters).
+
+    python benchmarks/bench_c2dsr.py                 # a few minutes on 2 loaded CPU cores
+    python benchmarks/bench_c2dsr.py --repeats 3 --all_repeats 2
+
+Config: ``experiments/c2dsr_food_kitchen.py`` (d = 256, 2 blocks, T = 15, batch 256, λ = 0.7, last 10
+positions supervised). Skipped with a message when ``../shared/data`` (or ``--data_dir``) has no food_kitchen.
+
+Training (side by side in one run, same real batches, same initial parameters):
+
+* ``task.head_slots = "masked"`` (default): each vocabulary head evaluated on the weighted slots only,
+  compacted into the task's static capacities ``(C_X, C_Y)`` (rows of the X / Y head per batch);
+* ``"all"``: the original formulation, every head at every ``B x P`` slot.
+
+Per variant: median jitted train-step time (forward + backward + Adam, the engine's step), compile time,
+train examples/s, projected epoch time (``steps_per_epoch`` x step; the official epoch is 29 steps), analytic
+training GFLOP (``task.train_flops_per_example() x B``) and the achieved GFLOP/s against the f32 matmul rate
+measured in the same run; the ratio all / masked. Also the weighted-row counts per batch over one engine epoch
+against the capacities (how often the exact dense fallback would run).
+
+Evaluation: the whole validation split through the engine's evaluation (jitted eval step + host transforms
+and per-domain accumulation), both protocols in one pass (999 sampled negatives + full ranking), wall time
+and examples/s (first pass: with compilation; then the median of warm passes); also the sampled-only
+protocol.
+
+Results: ``benchmarks/results/c2dsr_food_kitchen.json`` with the machine and its load average (another job
+may be using the cores: timings are noisy; FLOP counts are not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "c2dsr_food_kitchen.json"
+CONFIG = ROOT / "experiments" / "c2dsr_food_kitchen.py"
+
+
+def _variant(task, head_slots):
+    t = copy.copy(task)
+    t.head_slots = head_slots
+    t.head_capacities = t._head_capacities(int(t.cfg.train.batch_size))
+    return t
+
+
+def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> dict:
+    from jaxrec.bench import median_time
+    from jaxrec.train import steps as steps_lib
+
+    task, part = exp.task, exp.partitioner
+    it = exp.train_iterator()
+    host = [next(it) for _ in range(num_batches)]
+    batches = [part.shard_inputs(b) for b in host]
+    B = int(host[0]["seq"].shape[0])
+    spe = exp.steps_per_epoch()
+    tx = exp.optimizer(1000)
+    out = {"batch_size": B, "steps_per_epoch": spe, "variants": {}}
+    for name, reps in (("masked", repeats), ("all", all_repeats)):
+        t = _variant(task, name)
+        state, shardings = steps_lib.build_train_state(t, tx, part, 0, host[0])
+        step = steps_lib.make_train_step(t, tx, part, shardings)
+        holder = {"state": state, "i": 0}
+
+        def run():
+            s, m = step(holder["state"], batches[holder["i"] % num_batches])
+            holder["state"], holder["i"] = s, holder["i"] + 1
+            jax.block_until_ready(m["loss"])
+            return m
+
+        c0 = time.perf_counter()
+        m = run()  # compiles
+        compile_s = time.perf_counter() - c0
+        sec = median_time(run, reps, warmup=0)
+        flops = t.train_flops_per_example() * B
+        out["variants"][name] = {
+            "head_capacities": list(t.head_capacities) if t.head_capacities else None,
+            "first_step_incl_compile_s": round(compile_s, 2), "step_s": round(sec, 4),
+            "train_examples_per_s": round(B / sec, 1), "projected_epoch_s": round(spe * sec, 1),
+            "analytic_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1),
+            "first_loss": float(m["loss"])}
+        print(name, out["variants"][name], flush=True)
+        del holder, state
+    v = out["variants"]
+    out["speedup_all_over_masked"] = round(v["all"]["step_s"] / v["masked"]["step_s"], 2)
+    out["gflop_ratio_all_over_masked"] = round(v["all"]["analytic_gflop_per_step"]
+                                               / v["masked"]["analytic_gflop_per_step"], 2)
+    # weighted rows per engine batch over one epoch vs the static capacities
+    it2 = exp.train_iterator()
+    p = task.supervised_positions
+    rows = {"x": [], "y": []}
+    for _ in range(spe):
+        b = next(it2)
+        keep = np.asarray(b["keep"], bool)[:, None]
+        for d in ("x", "y"):
+            n = ((b[f"share_{d}_mask"][:, -p:] != 0) & keep).sum() + ((b[f"{d}_mask"][:, -p:] != 0) & keep).sum()
+            rows[d].append(int(n))
+    caps = task.head_capacities
+    out["weighted_rows_per_batch"] = {
+        d: {"candidate_rows": 2 * B * p, "capacity": int(caps[i]), "mean": round(float(np.mean(rows[d])), 1),
+            "max": int(np.max(rows[d])), "batches_over_capacity": int(np.sum(np.array(rows[d]) > caps[i]))}
+        for i, d in enumerate(("x", "y"))}
+    return out
+
+
+def bench_eval(exp, repeats: int) -> dict:
+    from jaxrec.train import steps as steps_lib
+    from jaxrec.train.loop import evaluate
+
+    task, part, cfg = exp.task, exp.partitioner, exp.cfg
+    tx = exp.optimizer(1000)
+    state, shardings = steps_lib.build_train_state(task, tx, part, 0, task.dummy_batch(cfg.train.batch_size))
+    split = cfg.eval.get("valid_split", "valid")
+    n = len(exp.sources[split])
+    out = {"split": split, "examples": n, "eval_batch_size": int(cfg.eval.batch_size)}
+    for name, full in (("sampled999_and_full", True), ("sampled999_only", False)):
+        t = copy.copy(task)
+        t.full_ranking = full
+        eval_step = steps_lib.make_eval_step(t, part, shardings)
+        walls = []
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            res = evaluate(eval_step, state, exp.eval_batches(split), part, t)
+            walls.append(time.perf_counter() - t0)
+        warm = float(np.median(walls[1:]))
+        out[name] = {"first_pass_incl_compile_s": round(walls[0], 2), "wall_s": round(warm, 3),
+                     "examples_per_s": round(n / warm, 1), "metric_keys": len(res)}
+        print(name, out[name], flush=True)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed steps of the masked variant")
+    p.add_argument("--all_repeats", type=int, default=3, help="timed steps of the (slow) all-slots variant")
+    p.add_argument("--eval_repeats", type=int, default=2)
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--skip", choices=("train", "eval"), default=None)
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+
+    from jaxrec.bench import _machine, matmul_gflops
+    from jaxrec.config import load_config
+    from jaxrec.train.run import Experiment
+
+    cfg = load_config(str(CONFIG), [])
+    try:
+        exp = Experiment(cfg, data_dir=a.data_dir)
+    except Exception as e:  # noqa: BLE001 -- no shared data on a fresh clone
+        print(f"bench_c2dsr: skipped, {cfg.data.name} not available ({type(e).__name__}: {e})")
+        return {}
+    load0 = os.getloadavg()
+    res = {"config": str(CONFIG.relative_to(ROOT)), "data": cfg.data.name, "machine": _machine(),
+           "loadavg_start": [round(x, 2) for x in load0], "kept_lines": exp.task.num_kept,
+           "train_source_len": len(exp.train_source())}
+    res["matmul_gflops_f32"] = {str(n): round(matmul_gflops(n), 1) for n in (1024, 2048)}
+    peak = max(res["matmul_gflops_f32"].values())
+    if a.skip != "train":
+        res["train"] = bench_train(exp, a.repeats, a.all_repeats)
+        for v in res["train"]["variants"].values():
+            v["fraction_of_matmul_peak"] = round(v["achieved_gflops"] / peak, 3)
+    if a.skip != "eval":
+        res["eval"] = bench_eval(exp, a.eval_repeats)
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(a.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
