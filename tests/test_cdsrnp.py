@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 NX, NY, T, D = 12, 15, 8, 16
 PAD = NX + NY
-NQ, NS, E = 8, 4, 2  # 16 queries / step: divisible by the 8 fake CPU devices, as is E * NS = 8
+NQ, NS, E = 8, 4, 2  # 2 episodes of 8 queries and 4 support users per step
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +89,7 @@ def engine():
     records = synthetic_records()
     task = np_lib.CDSRNPTask(make_cfg(), synthetic_info(), train_records=records)
     tx = steps_lib.build_optimizer(task.cfg.optimizer)
-    part = Partitioner()
+    part = Partitioner.from_config(None, devices=jax.devices()[:1])  # one device: faster compiles on CPU
     state, shardings = steps_lib.build_train_state(task, tx, part, 0, task.dummy_batch(E * NQ))
     return {"task": task, "records": records, "tx": tx, "part": part, "state": state, "shardings": shardings}
 
@@ -97,6 +97,14 @@ def engine():
 def train_batch(task, records, offset=0):
     tf = task.train_transform()
     return tf.map_batch([records[(offset + i) % len(records)] for i in range(E * NQ)])
+
+
+def jit_scores(task):
+    return jax.jit(lambda p, b: task.scores(p, {}, b))
+
+
+def jit_evaluate(task):
+    return jax.jit(lambda p, b: task.evaluate(p, {}, b))
 
 
 def eval_batch(task, records, split="valid"):
@@ -261,15 +269,16 @@ def test_inference_never_reads_query_targets(engine):
     rng = np.random.default_rng(3)
     params = jax.tree.map(lambda x: jnp.asarray(x + rng.normal(0, 0.05, x.shape), x.dtype), params)
     b = eval_batch(task, eval_records())
-    out = task.evaluate(params, {}, b)
-    sx, sy = task.scores(params, {}, b)
+    out = jit_evaluate(task)(params, b)
+    scores = jit_scores(task)
+    sx, sy = scores(params, b)
     b2 = dict(b)
     b2["gt"] = (b["gt"] + 1) % NX
     b2["is_y"] = ~b["is_y"]
     b2["negatives"] = (b["negatives"] + 3) % NX
     b2["history"] = np.full_like(b["history"], -1)
     b2["user_id"] = b["user_id"] + 7
-    sx2, sy2 = task.scores(params, {}, b2)
+    sx2, sy2 = scores(params, b2)
     np.testing.assert_array_equal(sx, sx2)
     np.testing.assert_array_equal(sy, sy2)
     # the inference signature has no target argument
@@ -314,12 +323,12 @@ def test_np_off_reproduces_c2dsr_scores_losses_and_metrics():
         assert a.shape == b.shape
     # scores and metrics on the same eval batch
     eb = eval_batch(n_task, eval_records())
-    csx, csy = c_task.scores(c_params, {}, eb)
-    nsx, nsy = n_task.scores(n_params, {}, eb)
+    csx, csy = jit_scores(c_task)(c_params, eb)
+    nsx, nsy = jit_scores(n_task)(n_params, eb)
     np.testing.assert_allclose(nsx, csx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(nsy, csy, rtol=1e-5, atol=1e-5)
     cm = _c2dsr_metrics(c_task, c_params, eb)
-    nm = _metrics(n_task, n_task.evaluate(n_params, {}, eb), eb)
+    nm = _metrics(n_task, jit_evaluate(n_task)(n_params, eb), eb)
     for k, v in cm.items():
         np.testing.assert_allclose(nm[k], v, rtol=1e-6, err_msg=k)
     # training losses on the same rows (eval mode: no dropout)
@@ -336,7 +345,7 @@ def test_np_off_reproduces_c2dsr_scores_losses_and_metrics():
 
 def _c2dsr_metrics(task, params, batch):
     acc = MetricAccumulator()
-    task.accumulate(acc, jax.device_get(task.evaluate(params, {}, batch)), batch)
+    task.accumulate(acc, jax.device_get(jit_evaluate(task)(params, batch)), batch)
     return acc.result()
 
 
@@ -346,8 +355,8 @@ def test_np_on_at_init_scores_as_c2dsr(engine):
     params = jax.device_get(engine["state"].params)
     eb = eval_batch(task, eval_records())
     c_task = c2dsr_lib.C2DSRTask(make_cfg("c2dsr", "c2dsr"), synthetic_info(), train_records=engine["records"])
-    csx, csy = c_task.scores(params["base"], {}, eb)
-    sx, sy = task.scores(params, {}, eb)
+    csx, csy = jit_scores(c_task)(params["base"], eb)
+    sx, sy = jit_scores(task)(params, eb)
     np.testing.assert_allclose(sx, csx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sy, csy, rtol=1e-5, atol=1e-5)
 
@@ -360,7 +369,8 @@ def test_options_build_and_give_finite_losses(opts):
     task = np_lib.CDSRNPTask(make_cfg(**opts), synthetic_info(), train_records=records)
     b = train_batch(task, records)
     variables = task.init(jax.random.PRNGKey(0), b)
-    loss, (terms, _) = task.loss(variables["params"], {}, b, jax.random.PRNGKey(1))
+    loss, (terms, _) = jax.jit(lambda p, bb, r: task.loss(p, {}, bb, r))(variables["params"], b,
+                                                                         jax.random.PRNGKey(1))
     assert np.isfinite(float(loss)) and float(terms["kl"]) >= 0
 
 
