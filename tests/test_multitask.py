@@ -138,7 +138,7 @@ def make_records(rng, n=256, users=12, videos=30, t0=1651000000000):
             "impression_id": i, "user_id": int(rng.integers(users)), "video_id": int(rng.integers(videos)),
             "time_ms": t0 + int(rng.integers(0, 10**8)), "date": 20220428, "hour": int(rng.integers(24)),
             "tab": int(rng.integers(15)), "is_rand": 0, "labels": labels,
-            "user_features": rng.integers(-1, 5, 30).astype(np.int64),
+            "user_features": rng.integers(-1, np.minimum(5, np.asarray(mtt._KP_USER_MAX) + 1)).astype(np.int64),
             "video_features": np.array([7851945, 1, 20220411, 5, 0, int(rng.integers(-1, 10**6)), 720, 1280,
                                         9160428979, 9], np.int64),
             "video_tags": rng.integers(0, 68, int(rng.integers(0, 4))).astype(np.int32)})
@@ -209,6 +209,7 @@ def trained():
     recs = make_records(rng, 128)
     task = mt.MultiTaskRankingTask(small_cfg(), fake_info())
     task._history = mtt.ClickHistory.from_columns(**mtt.click_columns(recs, 0))
+    task._split_source = lambda split: recs  # every split = these records (no prepared dataset)
     batch = task.train_transform().map_batch(recs)
     part = Partitioner(make_mesh((("data", 1),), devices=jax.devices()[:1]))
     tx = optax.adam(1e-2)
@@ -324,3 +325,67 @@ def test_evaluate_metrics_and_diagnostics(trained):
             assert len([k for k in res if k.startswith(f"diag/{level}/{stat}/")]) == n
     assert all(0 <= res[k] <= 1 for k in res if "/gate_entropy/" in k or "/usage_entropy/" in k)
     assert 0 < res["diag/task/self_gate/00_is_click"] < 1  # one own expert: a sigmoid self-gate
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+def test_unseen_ids_are_counted_and_oov_maps_them_to_row_zero(caplog):
+    rng = np.random.default_rng(5)
+    train = [r for r in make_records(rng, 96) if r["user_id"] != 11 and r["video_id"] != 29]
+    valid = make_records(np.random.default_rng(6), 40)
+    valid[0].update(user_id=11, video_id=29)  # both unseen in train
+    seen_u, seen_v = {r["user_id"] for r in train}, {r["video_id"] for r in train}
+    n_uu = sum(r["user_id"] not in seen_u for r in valid)
+    n_uv = sum(r["video_id"] not in seen_v for r in valid)
+    assert n_uu >= 1 and n_uv >= 1
+    outs = {}
+    for policy in ("keep", "oov"):
+        cfg = small_cfg()
+        cfg.task.unseen = policy
+        task = mt.MultiTaskRankingTask(cfg, fake_info())
+        task._history = mtt.ClickHistory.from_columns(**mtt.click_columns(train + valid, 0))
+        task._split_source = lambda split: train if split == "train" else valid
+        with caplog.at_level("WARNING"):
+            tr = task.eval_transform("valid")
+        assert task.unseen_counts("valid") == {"impressions": 40, "unseen_user": n_uu, "unseen_video": n_uv}
+        assert f"{n_uu} of 40 impressions have a user unseen in train" in caplog.text
+        outs[policy] = (task, tr.map_batch(valid))
+    b_keep, b_oov = outs["keep"][1], outs["oov"][1]
+    assert "user_key" not in b_keep and "video_key" not in b_keep
+    users = np.array([r["user_id"] for r in valid])
+    videos = np.array([r["video_id"] for r in valid])
+    unseen_u = ~np.isin(users, list(seen_u))
+    np.testing.assert_array_equal(b_oov["user_key"], np.where(unseen_u, 0, users + 1))
+    np.testing.assert_array_equal(b_oov["video_key"], np.where(np.isin(videos, list(seen_v)), videos + 1, 0))
+    # history entries of videos unseen in train are masked (and zeroed) under "oov", kept otherwise
+    hist_seen = np.isin(b_keep["hist_ids"] - 1, list(seen_v))
+    assert (b_keep["hist_mask"] & ~hist_seen).any()
+    np.testing.assert_array_equal(b_oov["hist_mask"], b_keep["hist_mask"] & hist_seen)
+    np.testing.assert_array_equal(b_oov["hist_ids"], np.where(b_oov["hist_mask"], b_keep["hist_ids"], 0))
+    np.testing.assert_array_equal(b_oov["user_id"], users)  # the raw id still groups GAUC
+    # the model embeds row 0 for an unseen id: same output as an explicit user_key = 0
+    task = outs["oov"][0]
+    variables = task.init(jax.random.PRNGKey(0), b_oov)
+    run = lambda b: np.asarray(task.model.apply(variables, b, train=False))  # noqa: E731
+    # independent formulation: the "keep" path embeds id + 1, so raw id -1 selects row 0
+    seen_vid = np.isin(videos, list(seen_v))
+    b_zero = dict(b_keep, user_id=np.where(unseen_u, -1, users).astype(np.int32),
+                  video_id=np.where(seen_vid, videos, -1).astype(np.int32),
+                  hist_ids=b_oov["hist_ids"], hist_mask=b_oov["hist_mask"])
+    np.testing.assert_allclose(run(b_oov), run(b_zero), rtol=1e-6)
+    assert not np.allclose(run(b_oov)[unseen_u], run(b_keep)[unseen_u])
+    with pytest.raises(Exception, match="task.unseen"):
+        cfg = small_cfg()
+        cfg.task.unseen = "drop"
+        mt.MultiTaskRankingTask(cfg, fake_info())
+
+
+def test_categorical_value_outside_the_schema_is_an_error():
+    from jaxrec.data.errors import DataError
+
+    recs = make_records(np.random.default_rng(7), 4)
+    recs[2]["tab"] = 40  # the schema's tab vocabulary holds 0..14 (+ missing)
+    tr = mtt.MultiTaskTransform(mtt.KUAIRAND_PURE_SCHEMA, (0,), mtt.ClickHistory.empty(), 3)
+    with pytest.raises(DataError, match="outside the schema's vocabulary") as e:
+        tr.map_batch(recs)
+    assert e.value.field == "tab" and "batch row 2" in str(e.value)

@@ -179,7 +179,14 @@ def encode_fields(tab, hour, user_features, video_features, date, schema: Featur
             ids = np.where(x < 0, 0, x + 1)
         cols.append(ids)
     out = np.stack(cols, axis=1)
-    return np.clip(out, 0, np.asarray(schema.field_vocab, np.int64)[None] - 1).astype(np.int32)
+    vocab = np.asarray(schema.field_vocab, np.int64)[None]
+    bad = (out < 0) | (out >= vocab)
+    if bad.any():  # the schema comes from the dataset's own column maxima: a value past it is a data mismatch
+        i, f = map(int, np.argwhere(bad)[0])
+        raise DataError("multitask features", "categorical value outside the schema's vocabulary",
+                        field=FIELD_NAMES[f], expected=f"encoded id in 0..{int(vocab[0, f]) - 1}",
+                        got=f"{int(out[i, f])} (batch row {i}; {int(bad.sum())} such values in the batch)")
+    return out.astype(np.int32)
 
 
 # ------------------------------------------------------------------------------------------------ history
@@ -283,6 +290,9 @@ class MultiTaskTransform:
     label_index: tuple[int, ...]  # index of each task in the record's ``labels``
     history: ClickHistory
     history_len: int = 20
+    # ``task.unseen="oov"``: ids seen in training (bool [num_users] / [num_videos]); unseen -> row 0
+    seen_users: np.ndarray | None = None
+    seen_videos: np.ndarray | None = None
 
     def map(self, rec: dict) -> dict:
         return {k: v[0] for k, v in self.map_batch([rec]).items()}
@@ -300,7 +310,15 @@ class MultiTaskTransform:
             t = np.asarray(r["video_tags"])[:m]
             tags[i, :t.size] = np.clip(t + 1, 0, self.schema.tag_vocab - 1)
         hist_ids, hist_mask = self.history.lookup(user, time_ms, self.history_len)
+        extra = {}
+        if self.seen_users is not None:
+            extra["user_key"] = np.where(self.seen_users[user], user + 1, 0).astype(np.int32)
+        if self.seen_videos is not None:
+            extra["video_key"] = np.where(self.seen_videos[video], video + 1, 0).astype(np.int32)
+            seen_hist = hist_mask & self.seen_videos[np.maximum(hist_ids - 1, 0)]
+            hist_ids, hist_mask = np.where(seen_hist, hist_ids, 0).astype(np.int32), seen_hist
         return {
+            **extra,
             "user_id": user.astype(np.int32),
             "video_id": video.astype(np.int32),
             "sparse": encode_fields(col("tab"), col("hour"), user_feat, video_feat, col("date"), self.schema),

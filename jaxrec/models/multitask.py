@@ -348,8 +348,12 @@ class MultiTaskEmbedding(nn.Module):
         field_tab = embed(int(sum(self.field_vocab)), name="field_embed")
         tag_tab = embed(self.tag_vocab, name="tag_embed")
 
-        user = user_tab(jnp.clip(batch["user_id"] + 1, 0, self.num_users))
-        video = video_tab(jnp.clip(batch["video_id"] + 1, 0, self.num_videos))
+        # ``user_key`` / ``video_key`` (row ids, 0 = out-of-vocabulary) come from the transform under
+        # ``task.unseen="oov"``; otherwise every raw id has its own row (``id + 1``)
+        ukey = batch["user_key"] if "user_key" in batch else batch["user_id"] + 1
+        vkey = batch["video_key"] if "video_key" in batch else batch["video_id"] + 1
+        user = user_tab(jnp.clip(ukey, 0, self.num_users))
+        video = video_tab(jnp.clip(vkey, 0, self.num_videos))
         offsets = np.concatenate([[0], np.cumsum(self.field_vocab)[:-1]]).astype(np.int32)
         vocab = np.asarray(self.field_vocab, np.int32)
         sparse = jnp.clip(batch["sparse"], 0, vocab - 1) + offsets  # [B, F]
@@ -644,7 +648,14 @@ class MultiTaskRankingTask:
     Config: ``task.tasks`` (label names, default :data:`DEFAULT_TASKS`), ``task.task_groups`` (category of each
     task, default watch = {click, long_view}, interact = the rest), ``task.loss_weights`` (one per task, () = all
     1), ``task.history_len`` (K = 20), ``task.history_source`` ("train" | "all"), ``task.history_label``
-    ("is_click"), ``task.max_tags`` (3), ``task.diagnostics`` (True), ``task.near_zero`` (1e-6).
+    ("is_click"), ``task.max_tags`` (3), ``task.diagnostics`` (True), ``task.near_zero`` (1e-6),
+    ``task.unseen`` ("keep" | "oov"): what a user or video id that never occurs in the training split gets at
+    evaluation -- "keep" (default): its own embedding row, which no gradient ever reached (its initial value);
+    "oov": the shared out-of-vocabulary row 0 (the transform emits ``user_key`` / ``video_key``; history entries of
+    unseen videos are masked). Either way the number of such impressions per split is logged when the evaluation
+    transform is made (:meth:`unseen_counts`). Categorical feature values outside the schema's vocabulary are a
+    :class:`~jaxrec.data.errors.DataError` (:func:`jaxrec.data.multitask_transforms.encode_fields`); label values
+    outside {0, 1} and impressions without a user or video feature row are rejected by the reader.
 
     Evaluation metrics (``accumulate``): ``auc/<task>``, ``gauc/<task>`` (per-user, impression-weighted, users
     with one label class skipped), ``logloss/<task>``, means ``auc/mean``, ``gauc/mean`` and per category
@@ -704,7 +715,12 @@ class MultiTaskRankingTask:
             field_vocab=self.schema.field_vocab, num_users=self.schema.num_users, num_videos=self.schema.num_videos,
             tag_vocab=self.schema.tag_vocab, tasks=self.tasks, task_groups=self.task_groups, **model_kwargs)
         self.plans = self.model.plan()
+        self.unseen = t.get("unseen", "keep")
+        if self.unseen not in ("keep", "oov"):
+            raise ConfigError(f"config key 'task.unseen': expected 'keep' or 'oov', got {self.unseen!r}")
         self._history = None
+        self._train_ids = None
+        self._unseen: dict = {}
         self._stat_fns: dict[str, _UsageStat] = {}
         self._mean_fns = {}
 
@@ -732,13 +748,54 @@ class MultiTaskRankingTask:
                                                           cat["positive"])
         return self._history
 
+    def train_id_columns(self) -> dict:
+        """``user, video`` ids of every training impression (cached columns; used for the unseen-id rule)."""
+        if self._train_ids is None:
+            src = self._split_source("train")
+            key = f"{self.data_info.name}|{self.data_info.data_dir}|train|{len(src)}"
+            cols = mtt.load_click_columns(src, cache_key=key, label_index=self.history_label_index)
+            self._train_ids = {"user": cols["user"], "video": cols["video"]}
+        return self._train_ids
+
+    def seen_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(seen_users [num_users], seen_videos [num_videos])``: ids with at least one training impression."""
+        ids = self.train_id_columns()
+        su = np.zeros(self.schema.num_users, bool)
+        sv = np.zeros(self.schema.num_videos, bool)
+        su[ids["user"]] = True
+        sv[ids["video"]] = True
+        return su, sv
+
+    def unseen_counts(self, split: str) -> dict:
+        """Impressions of ``split`` whose user / video never occurs in the training split (logged once per split
+        by :meth:`eval_transform`; ``task.unseen`` says what the model gets for them)."""
+        if split not in self._unseen:
+            su, sv = self.seen_masks()
+            src = self._split_source(split)
+            key = f"{self.data_info.name}|{self.data_info.data_dir}|{split}|{len(src)}"
+            cols = mtt.load_click_columns(src, cache_key=key, label_index=self.history_label_index)
+            self._unseen[split] = {"impressions": int(cols["user"].size),
+                                   "unseen_user": int((~su[cols["user"]]).sum()),
+                                   "unseen_video": int((~sv[cols["video"]]).sum())}
+        return self._unseen[split]
+
     def _transform(self):
-        return mtt.MultiTaskTransform(self.schema, self.label_index, self.history_index(), self.history_len)
+        seen = self.seen_masks() if self.unseen == "oov" else (None, None)
+        return mtt.MultiTaskTransform(self.schema, self.label_index, self.history_index(), self.history_len,
+                                      seen_users=seen[0], seen_videos=seen[1])
 
     def train_transform(self):
         return self._transform()
 
     def eval_transform(self, split: str):
+        import logging
+
+        c = self.unseen_counts(split)
+        rule = ("embedded as the out-of-vocabulary row 0" if self.unseen == "oov" else
+                "keep their own (never trained) embedding rows")
+        logging.getLogger("jaxrec.models.multitask").warning(
+            "%s: %d of %d impressions have a user unseen in train, %d a video unseen in train (task.unseen=%r: "
+            "%s)", split, c["unseen_user"], c["impressions"], c["unseen_video"], self.unseen, rule)
         return self._transform()
 
     def dummy_batch(self, batch_size: int) -> dict:

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Mean ± std over seeds of finished jaxrec runs, as a Markdown table (for experiments/RESULTS.md).
+
+    python experiments/aggregate.py --runs runs --group home=home_kp_s mmoe=mmoe_kp_s \\
+        --metrics gauc/mean auc/is_click gauc/is_click --split test
+
+Each ``NAME=PREFIX`` groups the run directories ``<runs>/<PREFIX>*`` that hold a ``results.json`` (written by
+``jaxrec train`` when a run finishes; unfinished runs are listed as such and left out). The standard deviation is the
+sample std (ddof = 1) over the seeds; ``n`` is the number of finished seeds. ``--split`` picks ``test`` (the test
+metrics of the best-validation checkpoint) or ``best_valid``. A metric missing from a run is an error naming the run
+and the metrics it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+
+def load_group(runs: pathlib.Path, prefix: str) -> tuple[list[dict], list[str]]:
+    done, unfinished = [], []
+    for d in sorted(runs.glob(prefix + "*")):
+        if not d.is_dir():
+            continue
+        f = d / "results.json"
+        if f.exists():
+            r = json.loads(f.read_text())
+            r["_dir"] = d.name
+            done.append(r)
+        else:
+            unfinished.append(d.name)
+    return done, unfinished
+
+
+def summarize(results: list[dict], metrics: list[str], split: str) -> dict:
+    out = {}
+    for m in metrics:
+        vals = []
+        for r in results:
+            if m not in r.get(split, {}):
+                raise KeyError(f"{r['_dir']}/results.json: no {split!r} metric {m!r}; it has "
+                               f"{sorted(r.get(split, {}))}")
+            vals.append(float(r[split][m]))
+        v = np.asarray(vals)
+        out[m] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size))
+    return out
+
+
+def fmt(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--group", nargs="+", required=True, help="NAME=PREFIX (run dirs <runs>/<PREFIX>*)")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--split", default="test", choices=("test", "best_valid"))
+    p.add_argument("--digits", type=int, default=4)
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    a = p.parse_args(argv)
+    runs = pathlib.Path(a.runs)
+    header = "| model | n | " + " | ".join(a.metrics) + " |"
+    lines = [header, "|" + "---|" * (len(a.metrics) + 2)]
+    dump = {}
+    for g in a.group:
+        if "=" not in g:
+            p.error(f"--group {g!r}: expected NAME=PREFIX")
+        name, prefix = g.split("=", 1)
+        res, unfinished = load_group(runs, prefix)
+        if unfinished:
+            print(f"{name}: unfinished (left out): {', '.join(unfinished)}", file=sys.stderr)
+        if not res:
+            print(f"{name}: no finished run under {runs}/{prefix}*", file=sys.stderr)
+            continue
+        s = summarize(res, a.metrics, a.split)
+        dump[name] = {"runs": [r["_dir"] for r in res], "metrics": {k: dict(zip(("mean", "std", "n"), v))
+                                                                   for k, v in s.items()}}
+        n = len(res)
+        lines.append(f"| {name} | {n} | " + " | ".join(fmt(m, sd, a.digits) for m, sd, _ in s.values()) + " |")
+    print("\n".join(lines))
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(dump, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
