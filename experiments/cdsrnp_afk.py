@@ -46,7 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict(dict(
         name="cdsrnp", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         query_size=nq, support_size=ns, exclude_query=True, episode_seed=0, support_loss_weight=0.0,
-        kl_weight=1.0, kl_normalise="slots", overlap_ratio=ratio, overlap_seed=0))
+        kl_weight=1.0, kl_normalise="slots", head_slots="masked", head_capacity_sigmas=4.0,
+        overlap_ratio=ratio, overlap_seed=0))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=batch, num_epochs=0, num_steps=steps, log_every=2 if tiny else spe,

@@ -343,6 +343,27 @@ def test_np_off_reproduces_c2dsr_scores_losses_and_metrics():
         np.testing.assert_allclose(n_terms[k], c_terms[k], rtol=2e-5, atol=1e-6, err_msg=k)
 
 
+def test_masked_heads_equal_all_heads(engine):
+    """``task.head_slots``: masked vocabulary heads (C2DSR's) give the dense formulation's losses, also with
+    a capacity small enough to force the dense fallback."""
+    task = engine["task"]
+    params = jax.device_get(engine["state"].params)
+    tb = train_batch(task, engine["records"], offset=5)
+    kw = dict(task.train_kwargs)
+    assert kw["head_slots"] == "masked" and kw["head_capacity"] is not None
+
+    def run(head_slots, cap):
+        return jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=False, sample=False,
+                                                     method="training_losses",
+                                                     **dict(kw, head_slots=head_slots, head_capacity=cap)))(params, tb)
+
+    ref = run("all", None)
+    for cap in (kw["head_capacity"], (8, 8)):
+        got = run("masked", cap)
+        for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} {cap}")
+
+
 def _c2dsr_metrics(task, params, batch):
     acc = MetricAccumulator()
     task.accumulate(acc, jax.device_get(jit_evaluate(task)(params, batch)), batch)

@@ -49,6 +49,9 @@ Objective (per step; CE/infomax exactly as C2DSR on the adapted states)::
       * the four CE terms over the *query* rows, last ``task.loss_positions`` [10] positions, averaged over
         all ``B·P`` slots (C2DSR); non-overlapped users only have their own domain's targets;
         ``task.support_loss_weight`` [0.0]: the support rows are decoded too (with z ~ p(z|S)), this weight
+        ``task.head_slots`` ["masked"]: C2DSR's masked vocabulary heads (:func:`c2dsr.masked_head_terms`: the
+        heads run only on weighted slots -- non-overlapped users have none in the other domain -- compacted
+        to a static capacity from the training table, exact dense fallback above it; same sums as "all")
       * infomax (``kernels.losses.bilinear_infomax_loss``) on the un-adapted encoder states, only over
         overlapped query rows (it needs both streams); ``task.lambda_`` [0.7]
       * KL with ``kernels.losses.gaussian_kl`` (log-variances), summed over episodes (or over query users for
@@ -89,7 +92,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.models.c2dsr import C2DSR, accumulate_by_domain, domain_sizes, rank_outputs
+from jaxrec.models.c2dsr import (C2DSR, accumulate_by_domain, domain_sizes, head_capacity, masked_head_terms,
+                                rank_outputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -309,7 +313,8 @@ class CDSRNP(nn.Module):
 
     def training_losses(self, batch, graphs, *, num_episodes: int = 1, train: bool = True, sample: bool = True,
                         lambda_: float = 0.7, loss_positions: int = 10, support_loss_weight: float = 0.0,
-                        kl_weight: float = 1.0, kl_normalise: str = "slots"):
+                        kl_weight: float = 1.0, kl_normalise: str = "slots", head_slots: str = "all",
+                        head_capacity=None):
         """Loss terms (scalars) of one step of ``num_episodes`` episodes. ``batch``: query rows unprefixed
         (C2DSR training keys + ``keep, overlap, last_item, x_last, y_last, has_x, has_y``), support rows
         prefixed ``s_``. ``sample``: reparameterised z (False: posterior mean)."""
@@ -352,16 +357,29 @@ class CDSRNP(nn.Module):
         sl = lambda a: a[:, t - p:]  # noqa: E731
         fs, fxs, fys = sl(f), sl(fx), sl(fy)
         base = self.base
-        pad_f = base.logit_pad(fs)
+        pad_f = base.logit_pad(fs) if (head_slots == "all" or self.is_initializing()) else None
+
+        weight = lambda mask: sl(rows[mask]).astype(jnp.float32) * roww[:, None]  # noqa: E731
 
         def ce(logits, tgt, mask):
-            m = sl(rows[mask]).astype(jnp.float32) * roww[:, None]
-            return losses.softmax_cross_entropy(logits, sl(rows[tgt]), mask=m, reduction="sum") / denom
+            return losses.softmax_cross_entropy(logits, sl(rows[tgt]), mask=weight(mask), reduction="sum") / denom
 
-        terms["loss_sx"] = ce(jnp.concatenate([base.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask")
-        terms["loss_sy"] = ce(jnp.concatenate([base.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask")
-        terms["loss_x"] = ce(jnp.concatenate([base.logits_x(fs + fxs), base.logit_pad(fxs)], -1), "x_tgt", "x_mask")
-        terms["loss_y"] = ce(jnp.concatenate([base.logits_y(fs + fys), base.logit_pad(fys)], -1), "y_tgt", "y_mask")
+        if head_slots == "all" or self.is_initializing():
+            terms["loss_sx"] = ce(jnp.concatenate([base.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask")
+            terms["loss_sy"] = ce(jnp.concatenate([base.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask")
+            terms["loss_x"] = ce(jnp.concatenate([base.logits_x(fs + fxs), base.logit_pad(fxs)], -1), "x_tgt",
+                                 "x_mask")
+            terms["loss_y"] = ce(jnp.concatenate([base.logits_y(fs + fys), base.logit_pad(fys)], -1), "y_tgt",
+                                 "y_mask")
+        else:  # C2DSR's masked heads: vocabulary heads only on weighted slots (same sums)
+            cap_x, cap_y = (None, None) if head_capacity is None else head_capacity
+            pad_w = base.head_params("pad")
+            for dom, fds, cap in (("x", fxs, cap_x), ("y", fys, cap_y)):
+                shared, single = masked_head_terms(
+                    fs, fds, sl(rows[f"share_{dom}_tgt"]), weight(f"share_{dom}_mask"), sl(rows[f"{dom}_tgt"]),
+                    weight(f"{dom}_mask"), base.head_params(dom), pad_w, capacity=cap)
+                terms[f"loss_s{dom}"] = shared / denom
+                terms[f"loss_{dom}"] = single / denom
         pred = (terms["loss_sx"], terms["loss_sy"], terms["loss_x"], terms["loss_y"])
         if infomax:  # un-adapted encoder states of the overlapped query rows
             q = lambda a: a[:rq]  # noqa: E731
@@ -507,9 +525,28 @@ class CDSRNPTask:
         eval_ns = int(ev.get("support_size", self.support_size))
         rows = nt.eval_support_rows(self.table, eval_ns, int(ev.get("support_seed", 2040)))
         self.eval_support_np = {k: self.table.arrays[k][rows] for k in SUPPORT_KEYS}
+        self.head_slots = task.get("head_slots", "masked")
+        if self.head_slots not in ("masked", "all"):
+            raise ConfigError(f"config key 'task.head_slots': expected 'masked' or 'all', got {self.head_slots!r}")
         self.train_kwargs = dict(num_episodes=self.num_episodes, lambda_=self.lambda_,
                                  loss_positions=self.loss_positions, support_loss_weight=self.support_loss_weight,
-                                 kl_weight=self.kl_weight, kl_normalise=self.kl_normalise)
+                                 kl_weight=self.kl_weight, kl_normalise=self.kl_normalise,
+                                 head_slots=self.head_slots, head_capacity=self._head_capacities(batch))
+
+    def _head_capacities(self, batch_size: int):
+        """``(C_X, C_Y)`` static row capacities of the masked heads (C2DSR's :func:`head_capacity`: batch mean
+        + ``task.head_capacity_sigmas`` [4] std over the decoded rows; a rarer batch runs the exact dense
+        fallback), None for ``head_slots="all"`` or when support rows are decoded (their weight differs)."""
+        if self.head_slots == "all" or self.support_loss_weight > 0:
+            return None
+        a = self.table.arrays
+        p = self.max_len if not self.loss_positions or self.loss_positions >= self.max_len else self.loss_positions
+        sig = float(self.cfg.task.get("head_capacity_sigmas", 4.0))
+        caps = []
+        for d in ("x", "y"):
+            counts = (a[f"share_{d}_mask"][:, -p:].sum(1) + a[f"{d}_mask"][:, -p:].sum(1))[a["keep"]]
+            caps.append(head_capacity(counts, batch_size, sigmas=sig))
+        return tuple(caps)
 
     # ----------------------------------------------------------------------------------- data
     def counts(self) -> dict:
