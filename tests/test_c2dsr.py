@@ -288,6 +288,8 @@ def test_transforms_batches_kept_source_and_resampling(setup):
         task.train_transform().map_batch([records[i] for i, f in enumerate(table.kept_flags) if not f][:1])
     with pytest.raises(DataError):
         task.train_source(records[:-1])
+    with pytest.raises(DataError):  # same length, another order
+        task.train_source(records[1:] + records[:1])
     mask_task = c2dsr_lib.C2DSRTask(make_cfg(drop_policy="mask"), synthetic_info(), train_records=records)
     assert mask_task.train_source(records) is records
 

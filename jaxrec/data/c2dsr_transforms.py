@@ -337,6 +337,13 @@ class KeptRecords:
         fill = rng.choice(len(kept), size=extra, replace=extra > len(kept))
         self.indices = np.concatenate([kept, kept[np.sort(fill)]]).astype(np.int64)
         self.num_kept = len(kept)
+        # same order as the table's source: spot-check user ids at up to 64 evenly spaced kept records
+        probe = np.unique(np.linspace(0, len(kept) - 1, min(64, len(kept))).astype(np.int64))
+        got = np.array([int(r["user_id"]) for r in self.__getitems__(probe)], np.int64)
+        want = np.asarray(table.arrays["user_id"], np.int64)[probe]
+        if not np.array_equal(got, want):
+            raise DataError("KeptRecords", "the train split's record order differs from the C2DSR table's",
+                            field="user_id", expected=want[:4].tolist(), got=got[:4].tolist())
 
     def __len__(self) -> int:
         return len(self.indices)
