@@ -389,7 +389,9 @@ def test_options_build_and_give_finite_losses(opts):
     records = synthetic_records()
     task = np_lib.CDSRNPTask(make_cfg(**opts), synthetic_info(), train_records=records)
     b = train_batch(task, records)
-    variables = task.init(jax.random.PRNGKey(0), b)
+    import flax.linen as nn
+
+    variables = nn.meta.unbox(task.init(jax.random.PRNGKey(0), b))  # as the engine does
     loss, (terms, _) = jax.jit(lambda p, bb, r: task.loss(p, {}, bb, r))(variables["params"], b,
                                                                          jax.random.PRNGKey(1))
     assert np.isfinite(float(loss)) and float(terms["kl"]) >= 0
