@@ -9,7 +9,7 @@ import pytest
 
 from jaxrec.kernels import moe
 from jaxrec.nn.experts import (BatchedDense, ExpertBank, FeatureGate, GateNetwork, MoELevel, as_static_mask,
-                               self_gate_weights)
+                               expert_loop_reference, self_gate_weights)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # tiny shapes: skip XLA optimisation passes
 
@@ -46,6 +46,9 @@ def test_batched_dense_equals_per_expert_loop(shared_input):
     for e in range(E):
         xe = x if shared_input else x[:, e]
         np.testing.assert_allclose(y[:, e], xe @ k[e] + b[e], rtol=1e-5, atol=1e-5)
+    with expert_loop_reference():  # the benchmark's per-expert loop formulation gives the same result
+        y_loop = _np(layer.apply(params, x))
+    np.testing.assert_allclose(y_loop, y, rtol=1e-5, atol=1e-5)
     # logical axes ("expert", "embed", "mlp")
     spec = nn.get_partition_spec(params)["params"]["kernel"]
     assert tuple(spec) == ("expert", "embed", "mlp")

@@ -45,6 +45,7 @@ __all__ = [
     "ACTIVATIONS",
     "expert_kernel_init",
     "BatchedDense",
+    "expert_loop_reference",
     "ExpertBank",
     "FeatureGate",
     "GateNetwork",
@@ -79,6 +80,24 @@ def _axis_chain(n: int) -> list[str]:
     return ["embed" if i % 2 == 0 else "mlp" for i in range(n)]
 
 
+_EXPERT_IMPL = ["einsum"]
+
+
+class expert_loop_reference:
+    """Context manager: inside it, :class:`BatchedDense` traces a Python loop over experts (one matmul per
+    expert, stacked) instead of one batched ``einsum`` -- the same parameters and result, the straightforward
+    formulation the benchmark compares against (``benchmarks/bench_multitask.py``). Trace-time only: functions
+    jitted inside keep the loop."""
+
+    def __enter__(self):
+        _EXPERT_IMPL.append("loop")
+        return self
+
+    def __exit__(self, *exc):
+        _EXPERT_IMPL.pop()
+        return False
+
+
 class BatchedDense(nn.Module):
     """``E`` independent dense layers in one einsum.
 
@@ -111,12 +130,15 @@ class BatchedDense(nn.Module):
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
         x = jnp.asarray(x, dtype)
         kernel = jnp.asarray(kernel, dtype)
+        loop = _EXPERT_IMPL[-1] == "loop"
         if x.ndim == 2:
-            y = jnp.einsum("bd,edf->bef", x, kernel)
+            y = (jnp.stack([x @ kernel[e] for e in range(self.num)], 1) if loop
+                 else jnp.einsum("bd,edf->bef", x, kernel))
         elif x.ndim == 3:
             if x.shape[1] != self.num:
                 raise ValueError(f"BatchedDense: input has {x.shape[1]} experts, expected {self.num}")
-            y = jnp.einsum("bed,edf->bef", x, kernel)
+            y = (jnp.stack([x[:, e] @ kernel[e] for e in range(self.num)], 1) if loop
+                 else jnp.einsum("bed,edf->bef", x, kernel))
         else:
             raise ValueError(f"BatchedDense expects [B, Din] or [B, E, Din], got {x.shape}")
         if self.use_bias:
