@@ -13,7 +13,7 @@ Training (side by side in one run, same real batches, same initial parameters):
   compacted into the task's static capacities ``(C_X, C_Y)`` (rows of the X / Y head per batch);
 * ``"all"``: the original formulation, every head at every ``B x P`` slot.
 
-Per variant: median jitted train-step time (forward + backward + Adam, the engine's step), compile time,
+Per variant (compiled first, then timed interleaved): median jitted train-step time (forward + backward + Adam, the engine's step), compile time,
 train examples/s, projected epoch time (``steps_per_epoch`` x step; the official epoch is 29 steps), analytic
 training GFLOP (``task.train_flops_per_example() x B``) and the achieved GFLOP/s against the f32 matmul rate
 measured in the same run; the ratio all / masked. Also the weighted-row counts per batch over one engine epoch
@@ -54,7 +54,8 @@ def _variant(task, head_slots):
 
 
 def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> dict:
-    from jaxrec.bench import median_time
+    """Both variants compiled first, then timed *interleaved* (masked, all, masked, ...), so that a changing
+    background load hits both alike; medians per variant."""
     from jaxrec.train import steps as steps_lib
 
     task, part = exp.task, exp.partitioner
@@ -65,13 +66,14 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
     spe = exp.steps_per_epoch()
     tx = exp.optimizer(1000)
     out = {"batch_size": B, "steps_per_epoch": spe, "variants": {}}
-    for name, reps in (("masked", repeats), ("all", all_repeats)):
+    runners, times, info = {}, {}, {}
+    for name in ("masked", "all"):
         t = _variant(task, name)
         state, shardings = steps_lib.build_train_state(t, tx, part, 0, host[0])
         step = steps_lib.make_train_step(t, tx, part, shardings)
         holder = {"state": state, "i": 0}
 
-        def run():
+        def run(step=step, holder=holder):
             s, m = step(holder["state"], batches[holder["i"] % num_batches])
             holder["state"], holder["i"] = s, holder["i"] + 1
             jax.block_until_ready(m["loss"])
@@ -79,17 +81,27 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
 
         c0 = time.perf_counter()
         m = run()  # compiles
-        compile_s = time.perf_counter() - c0
-        sec = median_time(run, reps, warmup=0)
+        info[name] = (t, time.perf_counter() - c0, float(m["loss"]))
+        runners[name], times[name] = run, []
+    for r in range(max(repeats, all_repeats)):
+        for name, reps in (("masked", repeats), ("all", all_repeats)):
+            if r < reps:
+                t0 = time.perf_counter()
+                runners[name]()
+                times[name].append(time.perf_counter() - t0)
+                print(name, round(times[name][-1], 3), os.getloadavg()[0], flush=True)
+    for name in ("masked", "all"):
+        t, compile_s, loss0 = info[name]
+        sec = float(np.median(times[name]))
         flops = t.train_flops_per_example() * B
         out["variants"][name] = {
             "head_capacities": list(t.head_capacities) if t.head_capacities else None,
             "first_step_incl_compile_s": round(compile_s, 2), "step_s": round(sec, 4),
+            "step_s_all_repeats": [round(x, 3) for x in times[name]],
             "train_examples_per_s": round(B / sec, 1), "projected_epoch_s": round(spe * sec, 1),
             "analytic_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1),
-            "first_loss": float(m["loss"])}
+            "first_loss": loss0}
         print(name, out["variants"][name], flush=True)
-        del holder, state
     v = out["variants"]
     out["speedup_all_over_masked"] = round(v["all"]["step_s"] / v["masked"]["step_s"], 2)
     out["gflop_ratio_all_over_masked"] = round(v["all"]["analytic_gflop_per_step"]
@@ -113,6 +125,7 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
 
 
 def bench_eval(exp, repeats: int) -> dict:
+    from jaxrec.bench import median_time
     from jaxrec.train import steps as steps_lib
     from jaxrec.train.loop import evaluate
 
@@ -126,13 +139,17 @@ def bench_eval(exp, repeats: int) -> dict:
         t = copy.copy(task)
         t.full_ranking = full
         eval_step = steps_lib.make_eval_step(t, part, shardings)
-        walls = []
-        for r in range(repeats + 1):
-            t0 = time.perf_counter()
-            res = evaluate(eval_step, state, exp.eval_batches(split), part, t)
-            walls.append(time.perf_counter() - t0)
-        warm = float(np.median(walls[1:]))
-        out[name] = {"first_pass_incl_compile_s": round(walls[0], 2), "wall_s": round(warm, 3),
+        holder = {}
+
+        def run(eval_step=eval_step, t=t):
+            holder["res"] = evaluate(eval_step, state, exp.eval_batches(split), part, t)
+
+        t0 = time.perf_counter()
+        run()  # compiles
+        first = time.perf_counter() - t0
+        warm = median_time(run, repeats, warmup=0)
+        res = holder["res"]
+        out[name] = {"first_pass_incl_compile_s": round(first, 2), "wall_s": round(warm, 3),
                      "examples_per_s": round(n / warm, 1), "metric_keys": len(res)}
         print(name, out[name], flush=True)
     return out

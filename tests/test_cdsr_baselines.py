@@ -133,3 +133,22 @@ def test_config_errors_and_experiment_configs():
         assert c.train.batch_size == 256 and c.train.num_epochs == 100 and c.train.eval_every == 5 * 29
     with pytest.raises(ValueError):
         mod.get_config("z")
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_real_llmcdsr_food_kitchen_few_steps(shared_data, tmp_path):
+    import pathlib
+
+    from jaxrec.config import load_config
+    from jaxrec.train.run import train_from_config
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "sasrec_cdsr_food_kitchen.py"
+    cfg = load_config(f"{path}:x", [
+        "--config.model.embed_dim=16", "--config.model.num_blocks=1", "--config.train.batch_size=32",
+        "--config.train.num_steps=3", "--config.train.eval_every=3", "--config.eval.batch_size=512",
+        "--config.eval.num_negatives=99", "--config.data.cache=false"])
+    out = train_from_config(cfg, str(tmp_path), data_dir=str(shared_data), progress=False)
+    assert out["steps"] == 3
+    assert np.isfinite(out["best_valid"]["X/mrr"]) and np.isfinite(out["test"]["all/full/mrr"])
+    assert np.isnan(out["test"]["Y/mrr"])
