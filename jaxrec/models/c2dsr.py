@@ -264,7 +264,7 @@ class C2DSR(nn.Module):
         """``(kernel [d, N], bias [N])`` of head ``"x"``, ``"y"`` or ``"pad"`` (the bound parameters)."""
         mod = {"x": self.lin_x, "y": self.lin_y, "pad": self.lin_pad}[which]
         p = mod.variables["params"]
-        return p["kernel"], p["bias"]
+        return nn.meta.unbox(p["kernel"]), nn.meta.unbox(p["bias"])  # boxed when applied to raw init variables
 
     def training_losses(self, batch, graphs, *, train: bool = True, lambda_: float = 0.7,
                         loss_positions: int = 10, head_slots: str = "masked", head_capacity=None):
