@@ -3,7 +3,7 @@
     jaxrec train --config experiments/c2dsr_afk.py --workdir runs/c2dsr_afk_t15
     jaxrec train --config experiments/c2dsr_afk.py:50 --workdir runs/c2dsr_afk_t50     # T = 50
     # ablations: --config.task.lambda_=1.0 (no infomax), --config.model.use_graph=false (no GNN)
-    # per-domain model selection as the official code: run twice, --config.train.best_metric=X/mrr and =Y/mrr
+    # per-domain model selection as the official code: train.select_metrics (results.json['selected'])
 
 Spec ../shared/papers/c2dsr.md: official hyperparameters (d = 256, 2 blocks, 1 head, dropout 0.2, λ = 0.7, last
 10 positions supervised, Adam(1e-3, β = (0.9, 0.98)), batch 256, 100 epochs, validation every 5 epochs, 999
@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,
-        checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max"))
+        checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max",
+        select_metrics=("X/mrr", "Y/mrr")))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,
         valid_split="valid", test_split="test"))

@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=batch, num_epochs=0, num_steps=steps, log_every=2 if tiny else spe,
         eval_every=steps if tiny else 5 * spe, checkpoint_every=steps if tiny else 5 * spe,
-        best_metric="nonoverlap/all/mrr", best_mode="max"))
+        best_metric="nonoverlap/all/mrr", best_mode="max",
+        select_metrics=("X/mrr", "Y/mrr", "nonoverlap/X/mrr", "nonoverlap/Y/mrr")))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=256 if tiny else 2048, num_negatives=999, negatives_seed=2040, exclude_history=False,
         full_ranking=True, nonoverlap_keep="target_domain", support_size=ns, support_seed=2040,

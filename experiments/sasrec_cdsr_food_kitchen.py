@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="llmcdsr/food_kitchen", cache=True))
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,
-        checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max"))
+        checkpoint_every=5 * spe, best_metric="all/mrr", best_mode="max",
+        select_metrics={"mixed": ("X/mrr", "Y/mrr"), "x": ("X/mrr",), "y": ("Y/mrr",)}[mode]))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,
         valid_split="valid", test_split="test"))
