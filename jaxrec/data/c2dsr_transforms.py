@@ -228,7 +228,9 @@ def _stack(rows: Sequence[dict], keys, width: int, fills: dict) -> dict:
     return out
 
 
-def _train_fills(num_x: int, num_y: int) -> dict:
+def train_fills(num_x: int, num_y: int) -> dict:
+    """The padding value of every training key (:data:`TRAIN_KEYS`): PAD ids, position 0, the PAD class as
+    target, mask 0."""
     pad = num_x + num_y
     return {"seq": pad, "x_seq": pad, "y_seq": pad, "pos": 0, "x_pos": 0, "y_pos": 0,
             "share_x_tgt": num_x, "share_y_tgt": num_y, "x_tgt": num_x, "y_tgt": num_y,
@@ -258,7 +260,7 @@ class C2DSRTrainTransform(grain.transforms.Map):
 
     def map_batch(self, records: Sequence[dict]) -> dict:
         rows = [self.example(r) for r in records]
-        out = _stack(rows, TRAIN_KEYS, self.max_len, _train_fills(self.num_x, self.num_y))
+        out = _stack(rows, TRAIN_KEYS, self.max_len, train_fills(self.num_x, self.num_y))
         out["keep"] = np.array([r is not None for r in rows], bool)
         out["user_id"] = np.array([int(r["user_id"]) for r in records], np.int32)
         return out
@@ -301,7 +303,7 @@ def build_train_table(records: Iterable[dict], num_x: int, num_y: int, max_len: 
     if len(set(users)) != len(users):
         raise DataError("C2DSR training data", "user ids repeat across training records", field="user_id",
                         expected="one training record per user id (or task.drop_policy='mask')")
-    arrays = _stack(rows, TRAIN_KEYS, max_len, _train_fills(num_x, num_y))
+    arrays = _stack(rows, TRAIN_KEYS, max_len, train_fills(num_x, num_y))
     kept_flags = np.array(kept, bool)
     kept_users = np.array(users, np.int64)[kept_flags]
     arrays["user_id"] = kept_users.astype(np.int32)

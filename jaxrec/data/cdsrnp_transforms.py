@@ -171,7 +171,7 @@ def build_train_table(records: Iterable[dict], num_x: int, num_y: int, max_len: 
             raise DataError("CDSRNP training data", "item id outside the two domains", field="items")
     seqs = apply_overlap_ratio(seqs, users, num_x, overlap_ratio, overlap_seed)
     T, pad = max_len, num_x + num_y
-    fills = dict(ct._train_fills(num_x, num_y), last_item=pad, x_last=T - 1, y_last=T - 1)
+    fills = dict(ct.train_fills(num_x, num_y), last_item=pad, x_last=T - 1, y_last=T - 1)
     n = len(records)
     arrays = {k: np.full((n, T), fills[k], np.int32) for k in ct.TRAIN_KEYS}
     for k in EXTRA_KEYS:

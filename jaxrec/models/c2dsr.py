@@ -18,13 +18,17 @@ Architecture (shapes: ``B`` batch, ``T`` = ``max_len``, ``d`` = ``embed_dim``, `
 
 Losses (last ``P = 10`` positions; each mean over all ``B * P`` slots, masked slots count in the denominator;
 as written each head runs at every slot -- ``task.head_slots="all"`` -- the default ``"masked"`` computes the
-same sums on the weighted slots only, see below):
+same sums on the weighted slots only, see below). :meth:`C2DSR.training_losses` runs the encoders and hands
+the states to :meth:`C2DSR.loss_terms`, the one composition of the six terms (per-row weight ``keep``,
+optional infomax states / row mask); CDSRNP calls it on its adapted states:
     L_sx = CE([lin_X(F); lin_PAD(F)], share_x_tgt) * share_x_mask       (NX + 1 classes, PAD class last)
     L_sy = CE([lin_Y(F); lin_PAD(F)], share_y_tgt) * share_y_mask
     L_x  = CE([lin_X(F + F_X); lin_PAD(F_X)], x_tgt) * x_mask
     L_y  = CE([lin_Y(F + F_Y); lin_PAD(F_Y)], y_tgt) * y_mask
     L_mi_X, L_mi_Y = kernels.losses.c2dsr_infomax_loss(F, F_X, F_Y, F_cx, F_cy, x_mask, y_mask, ...)
-        (full-length target masks; L_mi_X = BCE(D_X(c_Y, s_X), 1) + BCE(D_X(c~_Y, s_X), 0), mirror for Y)
+        (full-length target masks; L_mi_X = BCE(D_X(c_Y, s_X), 1) + BCE(D_X(c~_Y, s_X), 0), mirror for Y;
+        composed here from kernels.losses.masked_mean_pool + bilinear_infomax_loss because the BCE means
+        take a row mask -- keep > 0, CDSRNP: overlapped query rows -- that c2dsr_infomax_loss has no argument for)
     L = λ (L_sx + L_sy + L_x + L_y) + (1 - λ)(L_mi_X + L_mi_Y),   λ = 0.7 (kernels.losses.c2dsr_total_loss)
 
 Masked heads (``task.head_slots`` ["masked"]): each loss term is a sum over slots with a non-zero weight
@@ -40,7 +44,8 @@ exact dense fallback (``lax.cond``; no slot is ever dropped); ``"bound"`` = the 
 per-example counts (4,288 / 4,640 of 5,120 rows on food_kitchen: little saving); an int sets both. Loss and gradients equal
 the ``"all"`` formulation's up to float rounding (tests/test_c2dsr.py); ``"all"`` stays for comparison.
 
-Evaluation (eval mode, GCN once per batch): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
+Evaluation (eval mode, GCN once per batch; :meth:`C2DSR.score_states` on the encoder states, shared with
+CDSRNP): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
 (no PAD logit), target Y: ``lin_Y(F[:, -1] + F_Y[b, y_last])``; the mixed state at the *last position* plus
 the single-domain state at *its last non-PAD slot* (training pairs both at the same position). Two
 protocols, both vectorised: (a) official: rank among 999 fixed negatives drawn with replacement from the
@@ -273,27 +278,50 @@ class C2DSR(nn.Module):
         ``head_slots``: ``"masked"`` evaluates each vocabulary head only on the slots whose mask is set
         (:func:`masked_head_terms`; ``head_capacity = (C_X, C_Y)`` static row capacities, None = every slot);
         ``"all"`` is the original formulation (every head at every ``B * P`` slot, masked afterwards). The
-        two give the same losses and gradients (up to float rounding).
+        two give the same losses and gradients (up to float rounding). The losses are :meth:`loss_terms` on
+        this batch's encoder states.
+        """
+        st = self(batch, graphs, train=train, corrupted=lambda_ != 1.0)
+        keep = batch.get("keep")
+        keep = jnp.ones(st["F"].shape[:1], jnp.float32) if keep is None else keep
+        terms = self.loss_terms(st, batch, keep, lambda_=lambda_, loss_positions=loss_positions,
+                                head_slots=head_slots, head_capacity=head_capacity)
+        return terms, st
+
+    def loss_terms(self, states, targets, keep, *, lambda_: float = 0.7, loss_positions: int = 10,
+                   head_slots: str = "masked", head_capacity=None, denom=None, infomax_states=None,
+                   infomax_targets=None, infomax_rows=None):
+        """C2DSR's loss composition on given encoder states: ``{"loss_sx", "loss_sy", "loss_x", "loss_y",
+        "loss_mi_x", "loss_mi_y", "loss"}`` (scalars; module docstring). Shared by :meth:`training_losses` and
+        CDSRNP (:mod:`jaxrec.models.cdsrnp`, which applies it to adapted states).
+
+        ``states``: ``{"F", "F_X", "F_Y"}`` ``[R, T, d]`` fed to the heads; ``targets``: ``share_x_tgt,
+        share_y_tgt, x_tgt, y_tgt`` and their ``*_mask`` ``[R, T]``; ``keep [R]``: per-row weight of the
+        four CE terms; ``denom``: their denominator (default ``max(Σ keep, 1) · P``, P =
+        :func:`supervised_positions`). ``head_slots`` / ``head_capacity``: as :meth:`training_losses`.
+
+        Infomax (only for ``λ < 1``): on ``infomax_states`` (default ``states``; needs ``F_cx, F_cy`` too)
+        pooled with the full-length ``x_mask, y_mask`` of ``infomax_targets`` (default ``targets``), averaged
+        over the rows of ``infomax_rows`` (bool ``[R']``, default ``keep > 0``). ``λ = 1``: both terms are 0
+        and the total is the plain sum of the CE terms.
         """
         if head_slots not in ("masked", "all"):
             raise ValueError(f"head_slots: expected 'masked' or 'all', got {head_slots!r}")
-        infomax = lambda_ != 1.0
-        st = self(batch, graphs, train=train, corrupted=infomax)
-        f, fx, fy = st["F"], st["F_X"], st["F_Y"]
+        f, fx, fy = states["F"], states["F_X"], states["F_Y"]
         t = f.shape[1]
-        p = t if not loss_positions or loss_positions >= t else int(loss_positions)
-        keep = batch.get("keep")
-        keep = jnp.ones(f.shape[:1], jnp.float32) if keep is None else jnp.asarray(keep, jnp.float32)
-        denom = jnp.maximum(keep.sum(), 1.0) * p
+        p = supervised_positions(t, loss_positions)
+        keep = jnp.asarray(keep, jnp.float32)
+        if denom is None:
+            denom = jnp.maximum(keep.sum(), 1.0) * p
         sl = lambda a: a[:, t - p:]  # noqa: E731
         fs, fxs, fys = sl(f), sl(fx), sl(fy)
-        weight = lambda mask: sl(batch[mask]).astype(jnp.float32) * keep[:, None]  # noqa: E731
+        weight = lambda mask: sl(targets[mask]).astype(jnp.float32) * keep[:, None]  # noqa: E731
 
         if head_slots == "all" or self.is_initializing():  # init: creates the head parameters
             pad_f = self.logit_pad(fs)
 
             def ce(logits, tgt, mask):
-                return losses.softmax_cross_entropy(logits, sl(batch[tgt]), mask=weight(mask),
+                return losses.softmax_cross_entropy(logits, sl(targets[tgt]), mask=weight(mask),
                                                     reduction="sum") / denom
 
             terms = {
@@ -310,39 +338,53 @@ class C2DSR(nn.Module):
             terms = {}
             for dom, fds, cap in (("x", fxs, cap_x), ("y", fys, cap_y)):
                 shared, single = masked_head_terms(
-                    fs, fds, sl(batch[f"share_{dom}_tgt"]), weight(f"share_{dom}_mask"), sl(batch[f"{dom}_tgt"]),
-                    weight(f"{dom}_mask"), self.head_params(dom), pad_w, capacity=cap)
+                    fs, fds, sl(targets[f"share_{dom}_tgt"]), weight(f"share_{dom}_mask"),
+                    sl(targets[f"{dom}_tgt"]), weight(f"{dom}_mask"), self.head_params(dom), pad_w, capacity=cap)
                 terms[f"loss_s{dom}"] = shared / denom
                 terms[f"loss_{dom}"] = single / denom
             terms = {k: terms[k] for k in ("loss_sx", "loss_sy", "loss_x", "loss_y")}
         pred = (terms["loss_sx"], terms["loss_sy"], terms["loss_x"], terms["loss_y"])
-        if infomax:
+        if lambda_ != 1.0:
+            mst = states if infomax_states is None else infomax_states
+            mtg = targets if infomax_targets is None else infomax_targets
+            rows = keep > 0 if infomax_rows is None else infomax_rows
             wx, bx, wy, by = self.discriminators()
-            xm, ym = batch["x_mask"], batch["y_mask"]
+            xm, ym = mtg["x_mask"], mtg["y_mask"]
             pool = losses.masked_mean_pool
-            s_x, s_y = pool(fx, xm), pool(fy, ym)
-            c_x, c_y = pool(f, xm), pool(f, ym)
-            cc_x, cc_y = pool(st["F_cx"], xm), pool(st["F_cy"], ym)
-            kmask = keep > 0
-            terms["loss_mi_x"] = losses.bilinear_infomax_loss(c_y, cc_y, s_x, wx, bx, mask=kmask)
-            terms["loss_mi_y"] = losses.bilinear_infomax_loss(c_x, cc_x, s_y, wy, by, mask=kmask)
+            s_x, s_y = pool(mst["F_X"], xm), pool(mst["F_Y"], ym)
+            c_x, c_y = pool(mst["F"], xm), pool(mst["F"], ym)
+            cc_x, cc_y = pool(mst["F_cx"], xm), pool(mst["F_cy"], ym)
+            terms["loss_mi_x"] = losses.bilinear_infomax_loss(c_y, cc_y, s_x, wx, bx, mask=rows)
+            terms["loss_mi_y"] = losses.bilinear_infomax_loss(c_x, cc_x, s_y, wy, by, mask=rows)
             mi = (terms["loss_mi_x"], terms["loss_mi_y"])
         else:
             terms["loss_mi_x"] = terms["loss_mi_y"] = jnp.zeros((), f.dtype)
             mi = ()
         terms["loss"] = losses.c2dsr_total_loss(pred, mi, lam=lambda_)
-        return terms, st
+        return terms
 
     def scores(self, batch, graphs):
         """Evaluation scores (eval mode): ``(scores_x [B, NX], scores_y [B, NY])`` from
-        ``F[:, -1] + F_X[b, x_last]`` and ``F[:, -1] + F_Y[b, y_last]``."""
+        ``F[:, -1] + F_X[b, x_last]`` and ``F[:, -1] + F_Y[b, y_last]`` (:meth:`score_states`)."""
         st = self(batch, graphs, train=False, corrupted=False)
-        f_last = st["F"][:, -1]
-        take = lambda a, idx: jnp.take_along_axis(a, idx[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # noqa
-        ux = f_last + take(st["F_X"], batch["x_last"])
-        uy = f_last + take(st["F_Y"], batch["y_last"])
-        return self.logits_x(ux), self.logits_y(uy)
+        return self.score_states(st, batch["x_last"], batch["y_last"])
 
+    def score_states(self, states, x_last, y_last):
+        """Evaluation scoring of given encoder states ``{"F", "F_X", "F_Y"} [B, T, d]``: ``lin_X(F[:, -1] +
+        F_X[b, x_last])``, ``lin_Y(F[:, -1] + F_Y[b, y_last])`` over every item of the domain (no PAD logit)."""
+        f_last = states["F"][:, -1]
+        return (self.logits_x(f_last + take_at(states["F_X"], x_last)),
+                self.logits_y(f_last + take_at(states["F_Y"], y_last)))
+
+
+def supervised_positions(max_len: int, loss_positions: int) -> int:
+    """``P``: the number of supervised (last) positions; ``loss_positions`` 0 or ``>= T`` = all ``T``."""
+    return max_len if not loss_positions or loss_positions >= max_len else int(loss_positions)
+
+
+def take_at(states, idx):
+    """``states [B, T, d]``, ``idx [B]`` -> ``states[b, idx[b]]`` ``[B, d]``."""
+    return jnp.take_along_axis(states, jnp.asarray(idx, jnp.int32)[:, None, None], axis=1)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -408,6 +450,14 @@ def masked_head_terms(fs, fds, share_tgt, share_w, tgt, w, head, pad_head, *, ca
                         head, pad_head)
 
 
+def head_slot_counts(arrays, positions: int) -> dict:
+    """Per training row: the weighted slots of each vocabulary head over the last ``positions`` positions,
+    ``{"x": share_x_mask + x_mask, "y": share_y_mask + y_mask}`` summed per row (``[K]`` int; the counts
+    :func:`head_capacity` takes). ``arrays``: a training table's ``[K, T]`` masks."""
+    p = int(positions)
+    return {d: arrays[f"share_{d}_mask"][:, -p:].sum(1) + arrays[f"{d}_mask"][:, -p:].sum(1) for d in ("x", "y")}
+
+
 def head_capacity(counts, batch_size: int, *, sigmas: float | None = 4.0, multiple: int = 32) -> int:
     """A static row capacity for one vocabulary head from the per-example counts of weighted slots over the
     training table (``counts [K]``, kept examples).
@@ -448,7 +498,38 @@ def domain_sizes(data_info) -> tuple[int, int]:
     return int(a1), int(b1 - a1)
 
 
-def _load_train_records(data_info) -> list:
+def two_domain_sizes(data_info, task_name: str) -> tuple[int, int]:
+    """:func:`domain_sizes` of the dataset of task ``task_name``, which must be a sequence dataset."""
+    from jaxrec.config import ConfigError
+
+    if data_info.kind != "sequence":
+        raise ConfigError(f"config key 'data.name': task '{task_name}' needs a sequence dataset, "
+                          f"{data_info.name!r} is {data_info.kind!r}")
+    return domain_sizes(data_info)
+
+
+def build_model(cfg, num_x: int, num_y: int):
+    """The two-domain model ``model.name`` with ``model.*`` (but ``name``) as attributes; ``max_len >= 2``."""
+    from jaxrec import registry
+    from jaxrec.config import ConfigError
+
+    model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = registry.get_model(cfg.model.name)(num_x=num_x, num_y=num_y, **model_kwargs)
+    if int(model.max_len) < 2:
+        raise ConfigError(f"config key 'model.max_len': expected >= 2, got {int(model.max_len)}")
+    return model
+
+
+def eval_protocol(ev) -> tuple[int, int, bool, bool]:
+    """C2DSR's evaluation options ``(num_negatives, negatives_seed, exclude_history, full_ranking)`` from the
+    ``eval`` config: ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history``
+    [False], ``eval.full_ranking`` [True]."""
+    return (int(ev.get("num_negatives", 999)), int(ev.get("negatives_seed", 2040)),
+            bool(ev.get("exclude_history", False)), bool(ev.get("full_ranking", True)))
+
+
+def load_train_records(data_info) -> list:
+    """The training split's records of a prepared dataset (TFDS directory, else the catalogue)."""
     from jaxrec.data.pipeline import read_records
 
     try:
@@ -480,21 +561,14 @@ class C2DSRTask:
     name = "c2dsr"
 
     def __init__(self, cfg, data_info, train_records=None):
-        from jaxrec import registry
         from jaxrec.config import ConfigError
         from jaxrec.data import c2dsr_transforms as ct
 
-        if data_info.kind != "sequence":
-            raise ConfigError(f"config key 'data.name': task 'c2dsr' needs a sequence dataset, "
-                              f"{data_info.name!r} is {data_info.kind!r}")
         self.cfg = cfg
         self.data_info = data_info
-        self.num_x, self.num_y = domain_sizes(data_info)
-        model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
-        self.model = registry.get_model(cfg.model.name)(num_x=self.num_x, num_y=self.num_y, **model_kwargs)
+        self.num_x, self.num_y = two_domain_sizes(data_info, "c2dsr")
+        self.model = build_model(cfg, self.num_x, self.num_y)
         self.max_len = int(self.model.max_len)
-        if self.max_len < 2:
-            raise ConfigError(f"config key 'model.max_len': expected >= 2, got {self.max_len}")
         task = cfg.task
         self.lambda_ = float(task.get("lambda_", 0.7))
         if not 0.0 <= self.lambda_ <= 1.0:
@@ -519,13 +593,10 @@ class C2DSRTask:
         if graph_lines not in ("all", "kept"):
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
         ev = cfg.eval
-        self.num_negatives = int(ev.get("num_negatives", 999))
-        self.negatives_seed = int(ev.get("negatives_seed", 2040))
-        self.exclude_history = bool(ev.get("exclude_history", False))
-        self.full_ranking = bool(ev.get("full_ranking", True))
+        self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
 
         if train_records is None:
-            train_records = _load_train_records(data_info)
+            train_records = load_train_records(data_info)
         self.table = ct.build_train_table(train_records, self.num_x, self.num_y, self.max_len, self.corrupt_seed,
                                           self.y_final_strict)
         seqs = self.table.sequences
@@ -536,14 +607,12 @@ class C2DSRTask:
 
     @property
     def supervised_positions(self) -> int:
-        return self.max_len if not self.loss_positions or self.loss_positions >= self.max_len else \
-            self.loss_positions
+        return supervised_positions(self.max_len, self.loss_positions)
 
     def head_slot_counts(self) -> dict:
         """Per kept example: weighted slots of each head's rows over the supervised positions, ``{"x": share_x +
-        x, "y": share_y + y}`` (``[K]`` int)."""
-        a, p = self.table.arrays, self.supervised_positions
-        return {d: a[f"share_{d}_mask"][:, -p:].sum(1) + a[f"{d}_mask"][:, -p:].sum(1) for d in ("x", "y")}
+        x, "y": share_y + y}`` (``[K]`` int; :func:`head_slot_counts`)."""
+        return head_slot_counts(self.table.arrays, self.supervised_positions)
 
     def _head_capacities(self, batch_size: int):
         """``(C_X, C_Y)`` static row capacities of the masked heads (:func:`head_capacity`), or None (every
@@ -597,7 +666,7 @@ class C2DSRTask:
         from jaxrec.data import c2dsr_transforms as ct
 
         T = self.max_len
-        fills = ct._train_fills(self.num_x, self.num_y)
+        fills = ct.train_fills(self.num_x, self.num_y)
         out = {k: np.full((batch_size, T), fills[k], np.int32) for k in ct.TRAIN_KEYS}
         out["keep"] = np.ones((batch_size,), bool)
         out["user_id"] = np.zeros((batch_size,), np.int32)
@@ -638,7 +707,7 @@ class C2DSRTask:
     def train_flops_per_example(self) -> float:
         m = self.model
         d, T = m.embed_dim, m.max_len
-        p = T if not self.loss_positions or self.loss_positions >= T else self.loss_positions
+        p = supervised_positions(T, self.loss_positions)
         block = flops_lib.transformer_block(T, d, m.num_heads, d // m.num_heads, d, causal_half=False)
         passes = 3 + (2 if self.lambda_ != 1.0 else 0)
         if self.head_capacities is None:  # every head at every supervised slot

@@ -42,7 +42,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.models.c2dsr import accumulate_by_domain, domain_sizes, rank_outputs
+from jaxrec.models.c2dsr import accumulate_by_domain, eval_protocol, rank_outputs, two_domain_sizes
 from jaxrec.models.sasrec import PAD_ID, SeqRecTask
 from jaxrec.registry import register_task
 
@@ -130,12 +130,9 @@ class CDSRSASRecTask(SeqRecTask):
         from jaxrec.config import ConfigError
         from jaxrec.data import c2dsr_transforms as ct
 
-        if data_info.kind != "sequence":
-            raise ConfigError(f"config key 'data.name': task 'cdsr_sasrec' needs a sequence dataset, "
-                              f"{data_info.name!r} is {data_info.kind!r}")
         self.cfg = cfg
         self.data_info = data_info
-        self.num_x, self.num_y = domain_sizes(data_info)
+        self.num_x, self.num_y = two_domain_sizes(data_info, "cdsr_sasrec")
         task = cfg.task
         self.mode = task.get("mode", "mixed")
         if self.mode not in MODES:
@@ -157,16 +154,13 @@ class CDSRSASRecTask(SeqRecTask):
         self.y_final_strict = bool(task.get("y_final_strict", True))
         self.corrupt_seed = int(task.get("corrupt_seed", 2040))  # only seeds KeptRecords' padding choice
         ev = cfg.eval
-        self.num_negatives = int(ev.get("num_negatives", 999))
-        self.negatives_seed = int(ev.get("negatives_seed", 2040))
-        self.exclude_history = bool(ev.get("exclude_history", False))
-        self.full_ranking = bool(ev.get("full_ranking", True))
+        self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
         self.table = None
         if self.train_lines == "kept":
             if train_records is None:
-                from jaxrec.models.c2dsr import _load_train_records
+                from jaxrec.models.c2dsr import load_train_records
 
-                train_records = _load_train_records(data_info)
+                train_records = load_train_records(data_info)
             self.table = ct.build_train_table(train_records, self.num_x, self.num_y, self.max_len,
                                               self.corrupt_seed, self.y_final_strict)
 

@@ -41,9 +41,10 @@ Architecture (``E`` episodes, ``Ns`` support users, ``Nq`` query users, ``T`` = 
                       (``kernels.attention.self_attention``, causal + key padding); "last": none
       All adapter output weights and α start at 0: at initialisation CDSRNP scores exactly as C2DSR.
     Scoring = C2DSR heads on the adapted states: training ``lin_X(A + A_X)`` per position (and the shared
-    ``lin_X(A)``), evaluation ``lin_X(A[:, -1] + A_X[x_last])`` (likewise Y).
+    ``lin_X(A)``), evaluation ``lin_X(A[:, -1] + A_X[x_last])`` (likewise Y; :meth:`C2DSR.score_states`).
 
-Objective (per step; CE/infomax exactly as C2DSR on the adapted states)::
+Objective (per step; the CE and infomax terms are C2DSR's own composition, :meth:`C2DSR.loss_terms`, called
+on the adapted states with the query/support row weights; only the KL term is added here)::
 
     L = λ (L_sx + L_sy + L_x + L_y) + (1 − λ)(L_mi_X + L_mi_Y) + β · KL(q ‖ p) / N_slots
       * the four CE terms over the *query* rows, last ``task.loss_positions`` [10] positions, averaged over
@@ -53,7 +54,8 @@ Objective (per step; CE/infomax exactly as C2DSR on the adapted states)::
         heads run only on weighted slots -- non-overlapped users have none in the other domain -- compacted
         to a static capacity from the training table, exact dense fallback above it; same sums as "all")
       * infomax (``kernels.losses.bilinear_infomax_loss``) on the un-adapted encoder states, only over
-        overlapped query rows (it needs both streams); ``task.lambda_`` [0.7]
+        overlapped query rows (it needs both streams; ``loss_terms``' ``infomax_states`` / ``infomax_rows``);
+        ``task.lambda_`` [0.7]
       * KL with ``kernels.losses.gaussian_kl`` (log-variances), summed over episodes (or over query users for
         the "user" scope), ``task.kl_weight`` β [1.0]; ``task.kl_normalise`` ["slots"]: divided by the CE
         denominator ``N_slots = #query rows · P`` so that CE + KL is the per-slot negative ELBO; "episode":
@@ -92,8 +94,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.models.c2dsr import (C2DSR, accumulate_by_domain, domain_sizes, head_capacity, masked_head_terms,
-                                rank_outputs)
+from jaxrec.models.c2dsr import (C2DSR, accumulate_by_domain, build_model, eval_protocol, head_capacity,
+                                head_slot_counts, load_train_records, rank_outputs, supervised_positions, take_at,
+                                two_domain_sizes)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -111,11 +114,6 @@ def set_mean(r, mask):
     lead = r.shape[:-2]
     flat = losses.masked_mean_pool(r.reshape((-1,) + r.shape[-2:]), jnp.reshape(mask, (-1, r.shape[-2])))
     return flat.reshape(lead + r.shape[-1:])
-
-
-def _take_last(states, idx):
-    """``states [B, T, d]``, ``idx [B]`` -> ``[B, d]``."""
-    return jnp.take_along_axis(states, jnp.asarray(idx, jnp.int32)[:, None, None], axis=1)[:, 0]
 
 
 class SetEncoder(nn.Module):
@@ -275,8 +273,8 @@ class CDSRNP(nn.Module):
     def user_features(self, st, rows):
         """Set-encoder inputs ``[R, din]`` from encoder states and ``x_last, y_last, has_x, has_y`` (+
         ``last_item`` when ``set_targets``)."""
-        hx = _take_last(st["F_X"], rows["x_last"]) * jnp.asarray(rows["has_x"], st["F_X"].dtype)[:, None]
-        hy = _take_last(st["F_Y"], rows["y_last"]) * jnp.asarray(rows["has_y"], st["F_Y"].dtype)[:, None]
+        hx = take_at(st["F_X"], rows["x_last"]) * jnp.asarray(rows["has_x"], st["F_X"].dtype)[:, None]
+        hy = take_at(st["F_Y"], rows["y_last"]) * jnp.asarray(rows["has_y"], st["F_Y"].dtype)[:, None]
         h = st["F"][:, -1]
         parts = {"single": [hx, hy], "mixed": [h], "both": [h, hx, hy]}[self.set_input]
         if self.set_targets:
@@ -291,10 +289,9 @@ class CDSRNP(nn.Module):
                 "F_Y": self.adapt_y(st["F_Y"], rows["y_seq"] != pad, z)}
 
     def score_states(self, st, x_last, y_last):
-        """C2DSR's evaluation scoring: ``lin_X(F[:, -1] + F_X[x_last])``, ``lin_Y(F[:, -1] + F_Y[y_last])``."""
-        f_last = st["F"][:, -1]
-        return (self.base.logits_x(f_last + _take_last(st["F_X"], x_last)),
-                self.base.logits_y(f_last + _take_last(st["F_Y"], y_last)))
+        """C2DSR's evaluation scoring (:meth:`C2DSR.score_states`): ``lin_X(F[:, -1] + F_X[x_last])``,
+        ``lin_Y(F[:, -1] + F_Y[y_last])``."""
+        return self.base.score_states(st, x_last, y_last)
 
     def _noise(self, shape, sample: bool):
         if not sample:
@@ -327,7 +324,6 @@ class CDSRNP(nn.Module):
         else:
             rows = batch
         st = self.base(rows, graphs, train=train, corrupted=infomax)
-        terms = {}
         if self.use_np:
             feats = self.user_features(st, rows)
             mu_p, lv_p, mu_q, lv_q = self.episode_latents(batch, feats[:rq], feats[rq:], num_episodes)
@@ -346,59 +342,19 @@ class CDSRNP(nn.Module):
             adapted = self.adapt_states(st, z, rows)
         else:
             adapted = st
-        f, fx, fy = adapted["F"], adapted["F_X"], adapted["F_Y"]
-        t = f.shape[1]
-        p = t if not loss_positions or loss_positions >= t else int(loss_positions)
         keep_q = jnp.asarray(batch["keep"], jnp.float32)
         roww = keep_q
         if with_support:
             roww = jnp.concatenate([keep_q, support_loss_weight * jnp.asarray(batch["s_keep"], jnp.float32)])
-        denom = jnp.maximum(keep_q.sum(), 1.0) * p
-        sl = lambda a: a[:, t - p:]  # noqa: E731
-        fs, fxs, fys = sl(f), sl(fx), sl(fy)
-        base = self.base
-        pad_f = base.logit_pad(fs) if (head_slots == "all" or self.is_initializing()) else None
-
-        weight = lambda mask: sl(rows[mask]).astype(jnp.float32) * roww[:, None]  # noqa: E731
-
-        def ce(logits, tgt, mask):
-            return losses.softmax_cross_entropy(logits, sl(rows[tgt]), mask=weight(mask), reduction="sum") / denom
-
-        if head_slots == "all" or self.is_initializing():
-            terms["loss_sx"] = ce(jnp.concatenate([base.logits_x(fs), pad_f], -1), "share_x_tgt", "share_x_mask")
-            terms["loss_sy"] = ce(jnp.concatenate([base.logits_y(fs), pad_f], -1), "share_y_tgt", "share_y_mask")
-            terms["loss_x"] = ce(jnp.concatenate([base.logits_x(fs + fxs), base.logit_pad(fxs)], -1), "x_tgt",
-                                 "x_mask")
-            terms["loss_y"] = ce(jnp.concatenate([base.logits_y(fs + fys), base.logit_pad(fys)], -1), "y_tgt",
-                                 "y_mask")
-        else:  # C2DSR's masked heads: vocabulary heads only on weighted slots (same sums)
-            cap_x, cap_y = (None, None) if head_capacity is None else head_capacity
-            pad_w = base.head_params("pad")
-            for dom, fds, cap in (("x", fxs, cap_x), ("y", fys, cap_y)):
-                shared, single = masked_head_terms(
-                    fs, fds, sl(rows[f"share_{dom}_tgt"]), weight(f"share_{dom}_mask"), sl(rows[f"{dom}_tgt"]),
-                    weight(f"{dom}_mask"), base.head_params(dom), pad_w, capacity=cap)
-                terms[f"loss_s{dom}"] = shared / denom
-                terms[f"loss_{dom}"] = single / denom
-        pred = (terms["loss_sx"], terms["loss_sy"], terms["loss_x"], terms["loss_y"])
-        if infomax:  # un-adapted encoder states of the overlapped query rows
-            q = lambda a: a[:rq]  # noqa: E731
-            wx, bx, wy, by = base.discriminators()
-            xm, ym = q(rows["x_mask"]), q(rows["y_mask"])
-            pool = losses.masked_mean_pool
-            s_x, s_y = pool(q(st["F_X"]), xm), pool(q(st["F_Y"]), ym)
-            c_x, c_y = pool(q(st["F"]), xm), pool(q(st["F"]), ym)
-            cc_x, cc_y = pool(q(st["F_cx"]), xm), pool(q(st["F_cy"]), ym)
-            kmask = keep_q > 0
-            if "overlap" in batch:
-                kmask = kmask & jnp.asarray(batch["overlap"], bool)
-            terms["loss_mi_x"] = losses.bilinear_infomax_loss(c_y, cc_y, s_x, wx, bx, mask=kmask)
-            terms["loss_mi_y"] = losses.bilinear_infomax_loss(c_x, cc_x, s_y, wy, by, mask=kmask)
-            mi = (terms["loss_mi_x"], terms["loss_mi_y"])
-        else:
-            terms["loss_mi_x"] = terms["loss_mi_y"] = jnp.zeros((), f.dtype)
-            mi = ()
-        loss = losses.c2dsr_total_loss(pred, mi, lam=lambda_)
+        denom = jnp.maximum(keep_q.sum(), 1.0) * supervised_positions(adapted["F"].shape[1], loss_positions)
+        mi_rows = keep_q > 0  # infomax: un-adapted encoder states of the overlapped query rows
+        if "overlap" in batch:
+            mi_rows = mi_rows & jnp.asarray(batch["overlap"], bool)
+        terms = self.base.loss_terms(adapted, rows, roww, lambda_=lambda_, loss_positions=loss_positions,
+                                     head_slots=head_slots, head_capacity=head_capacity, denom=denom,
+                                     infomax_states={k: v[:rq] for k, v in st.items()}, infomax_targets=batch,
+                                     infomax_rows=mi_rows)
+        loss = terms.pop("loss")
         if self.use_np:
             if kl.ndim == 2:  # per query user
                 qm = keep_q.reshape(kl.shape)
@@ -415,7 +371,7 @@ class CDSRNP(nn.Module):
             terms["kl"] = kl_sum / kl_count
             loss = loss + kl_weight * kl_term
         else:
-            terms["kl"] = jnp.zeros((), f.dtype)
+            terms["kl"] = jnp.zeros((), adapted["F"].dtype)
         terms["loss"] = loss
         return terms
 
@@ -467,23 +423,15 @@ class CDSRNPTask:
     name = "cdsrnp"
 
     def __init__(self, cfg, data_info, train_records=None):
-        from jaxrec import registry
         from jaxrec.config import ConfigError
         from jaxrec.data import c2dsr_transforms as ct
         from jaxrec.data import cdsrnp_transforms as nt
-        from jaxrec.models.c2dsr import _load_train_records
 
-        if data_info.kind != "sequence":
-            raise ConfigError(f"config key 'data.name': task 'cdsrnp' needs a sequence dataset, "
-                              f"{data_info.name!r} is {data_info.kind!r}")
         self.cfg = cfg
         self.data_info = data_info
-        self.num_x, self.num_y = domain_sizes(data_info)
-        model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
-        self.model = registry.get_model(cfg.model.name)(num_x=self.num_x, num_y=self.num_y, **model_kwargs)
+        self.num_x, self.num_y = two_domain_sizes(data_info, "cdsrnp")
+        self.model = build_model(cfg, self.num_x, self.num_y)
         self.max_len = int(self.model.max_len)
-        if self.max_len < 2:
-            raise ConfigError(f"config key 'model.max_len': expected >= 2, got {self.max_len}")
         task = cfg.task
         self.lambda_ = float(task.get("lambda_", 0.7))
         if not 0.0 <= self.lambda_ <= 1.0:
@@ -503,17 +451,14 @@ class CDSRNPTask:
                               f"{self.query_size} (one step = batch_size / query_size episodes)")
         self.num_episodes = batch // self.query_size
         ev = cfg.eval
-        self.num_negatives = int(ev.get("num_negatives", 999))
-        self.negatives_seed = int(ev.get("negatives_seed", 2040))
-        self.exclude_history = bool(ev.get("exclude_history", False))
-        self.full_ranking = bool(ev.get("full_ranking", True))
+        self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
         self.nonoverlap_keep = ev.get("nonoverlap_keep", "target_domain")
         if self.nonoverlap_keep not in ("target_domain", "other_domain"):
             raise ConfigError(f"config key 'eval.nonoverlap_keep': expected 'target_domain' or 'other_domain', "
                               f"got {self.nonoverlap_keep!r}")
 
         if train_records is None:
-            train_records = _load_train_records(data_info)
+            train_records = load_train_records(data_info)
         self.table = nt.build_train_table(
             train_records, self.num_x, self.num_y, self.max_len, int(task.get("corrupt_seed", 2040)),
             bool(task.get("y_final_strict", True)), float(task.get("overlap_ratio", 1.0)),
@@ -540,13 +485,9 @@ class CDSRNPTask:
         if self.head_slots == "all" or self.support_loss_weight > 0:
             return None
         a = self.table.arrays
-        p = self.max_len if not self.loss_positions or self.loss_positions >= self.max_len else self.loss_positions
+        counts = head_slot_counts(a, supervised_positions(self.max_len, self.loss_positions))
         sig = float(self.cfg.task.get("head_capacity_sigmas", 4.0))
-        caps = []
-        for d in ("x", "y"):
-            counts = (a[f"share_{d}_mask"][:, -p:].sum(1) + a[f"{d}_mask"][:, -p:].sum(1))[a["keep"]]
-            caps.append(head_capacity(counts, batch_size, sigmas=sig))
-        return tuple(caps)
+        return tuple(head_capacity(counts[d][a["keep"]], batch_size, sigmas=sig) for d in ("x", "y"))
 
     # ----------------------------------------------------------------------------------- data
     def counts(self) -> dict:
