@@ -35,6 +35,7 @@ class FitResult:
     best: dict | None
     train_seconds: float
     examples_per_second: float
+    selected: dict = dataclasses.field(default_factory=dict)  # ``train.select_metrics`` (see fit)
 
 
 def evaluate(eval_step, state, batches: Iterable[dict], partitioner: Partitioner, task=None) -> dict:
@@ -62,7 +63,7 @@ def evaluate(eval_step, state, batches: Iterable[dict], partitioner: Partitioner
 def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int, train_cfg,
         workdir, eval_batches: Callable[[], Iterable[dict]] | None = None, init_batch: dict,
         model_name: str, config_json: str | None = None, progress: bool = True,
-        stop_after: int | None = None) -> FitResult:
+        stop_after: int | None = None, select_batches: Callable[[], Iterable[dict]] | None = None) -> FitResult:
     """Train ``task`` and return the final state, history and best evaluation.
 
     Args:
@@ -73,6 +74,12 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
       eval_batches: returns a fresh iterable of validation batches (with ``valid`` masks); None = no eval.
       init_batch: numpy batch with the training shapes, used to initialise parameters.
       stop_after: stop (as if killed) after this many steps of *this* call -- for tests of resume.
+      select_batches: the held-out (test) batches for ``train_cfg.select_metrics``: a tuple of validation
+        metric names (maximised), each selecting its own step -- whenever one of them improves on validation,
+        the model is evaluated on these batches and that evaluation is kept for the metric (the official C2DSR
+        protocol: per-domain model selection, test evaluated when a domain's validation MRR improves). Saved
+        with the checkpoints (resume keeps them) and returned in ``FitResult.selected``:
+        ``{metric: {"step", "valid": <valid metrics>, "test": <metrics on select_batches>}}``.
     """
     from jaxrec.train import steps as steps_lib
 
@@ -86,6 +93,9 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
     ckpt_every = int(train_cfg.get("checkpoint_every", 0)) or steps_per_epoch
     log_every = max(1, int(train_cfg.get("log_every", 50)))
     best_metric = train_cfg.get("best_metric", None) if eval_batches is not None else None
+    select_metrics = tuple(train_cfg.get("select_metrics", ()) or ()) if eval_batches is not None else ()
+    if select_metrics and select_batches is None:
+        raise ValueError("config key 'train.select_metrics' needs held-out batches (the test split) to evaluate")
 
     state, state_shardings = steps_lib.build_train_state(task, tx, partitioner, int(train_cfg.seed), init_batch)
     claim_workdir(workdir, model_name, state.params, config_json)
@@ -93,6 +103,7 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
     writer = MetricWriter(workdir)
     history: list[dict] = []
     best: dict | None = None
+    selected: dict = {}
 
     start = ckpt.latest_step()
     if start is not None:
@@ -100,6 +111,7 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
         if data_state:
             train_iter.set_state(data_state)
         best = meta.get("best")
+        selected = dict(meta.get("selected") or {})
         writer.truncate_after(start)
         print(f"resumed from {workdir}/checkpoints/{start} (step {start} of {num_steps})")
     start = int(start or 0)
@@ -132,6 +144,18 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
             if better:
                 best = dict(metrics, step=step)
                 ckpt.save_best(step, state, metrics)
+        improved = []
+        for m in select_metrics:
+            if m not in metrics:
+                raise KeyError(f"config key 'train.select_metrics': {m!r} is not an eval metric; "
+                               f"expected of {sorted(metrics)}")
+            if m not in selected or metrics[m] > selected[m]["valid"][m]:
+                improved.append(m)
+        if improved:
+            held_out = evaluate(eval_step, state, select_batches(), partitioner, task)
+            for m in improved:
+                selected[m] = {"step": step, "valid": dict(metrics), "test": held_out}
+            writer.write(step, held_out, prefix="select_test/")
         if bar is not None:
             bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}) eval: "
                       + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
@@ -158,7 +182,8 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
             if eval_step is not None and (step % eval_every == 0 or step == num_steps):
                 run_eval(step)
             if step % ckpt_every == 0 or step == num_steps:
-                ckpt.save(step, state, train_iter.get_state(), {"epoch": step / steps_per_epoch, "best": best},
+                ckpt.save(step, state, train_iter.get_state(), {"epoch": step / steps_per_epoch, "best": best,
+                                                          "selected": selected},
                           force=True)
             if stop_after is not None and step - start >= stop_after:
                 break
@@ -172,4 +197,4 @@ def fit(task, tx, *, partitioner: Partitioner, train_iter, steps_per_epoch: int,
     ckpt.close()
     writer.close()
     return FitResult(state=state, step=step, history=history, best=best, train_seconds=elapsed,
-                     examples_per_second=trained * global_batch / max(elapsed, 1e-9))
+                     examples_per_second=trained * global_batch / max(elapsed, 1e-9), selected=selected)

@@ -6,7 +6,9 @@
   3. builds the mesh / partitioner from ``cfg.mesh`` and the input iterator (each process reads its shard),
   4. runs :func:`jaxrec.train.loop.fit` (resuming from ``workdir`` if it holds this model's checkpoints),
   5. evaluates the best checkpoint (by ``cfg.train.best_metric`` on validation) on the test split, and writes
-     ``workdir/results.json``.
+     ``workdir/results.json``; with ``cfg.train.select_metrics`` (validation metrics, maximised) it also keeps,
+     per metric, the test evaluation made at the step where that metric was best (``results.json["selected"]``:
+     per-domain model selection as the official C2DSR code, in one run).
 """
 
 from __future__ import annotations
@@ -103,14 +105,22 @@ def train_from_config(cfg, workdir, *, data_dir=None, progress: bool = True, sto
     tx = exp.optimizer(total)
     valid_split = cfg.eval.get("valid_split", "valid")
     eval_fn = (lambda: exp.eval_batches(valid_split)) if valid_split in exp.sources else None
+    test_split = cfg.eval.get("test_split", "test")
+    select_fn = None
+    if cfg.train.get("select_metrics", ()):
+        if test_split not in exp.sources or eval_fn is None:
+            raise ConfigError(f"config key 'train.select_metrics': needs the {valid_split!r} and {test_split!r} "
+                              f"splits; dataset {cfg.data.name!r} has {sorted(exp.sources)}")
+        select_fn = lambda: exp.eval_batches(test_split)  # noqa: E731
     result = fit(exp.task, tx, partitioner=exp.partitioner, train_iter=exp.train_iterator(), steps_per_epoch=spe,
                  train_cfg=cfg.train, workdir=workdir, eval_batches=eval_fn,
                  init_batch=exp.task.dummy_batch(cfg.train.batch_size), model_name=cfg.model.name,
-                 config_json=cfg.to_json(), progress=progress, stop_after=stop_after)
+                 config_json=cfg.to_json(), progress=progress, stop_after=stop_after, select_batches=select_fn)
     out = {"model": cfg.model.name, "data": cfg.data.name, "steps": int(result.step), "total_steps": int(total),
            "epochs": result.step / spe, "train_seconds": round(result.train_seconds, 2),
            "train_examples_per_second": round(result.examples_per_second, 1), "best_valid": result.best}
-    test_split = cfg.eval.get("test_split", "test")
+    if result.selected:
+        out["selected"] = result.selected
     if result.step >= total and test_split in exp.sources:
         state = result.state
         ckpt = Checkpointer(workdir, best_metric=cfg.train.get("best_metric") if eval_fn else None)
