@@ -396,3 +396,10 @@ def test_c2dsr_infomax_reference():
     np.testing.assert_allclose([lx, ly], [want_x, want_y], rtol=1e-5)
     np.testing.assert_allclose(tot, 0.7 * 10 + 0.3 * (want_x + want_y), rtol=1e-5)
     assert float(near) < float(far)
+    # row_mask: the BCE means run over the kept rows only (= the reference on those rows)
+    keep = np.array([True, False, True, True])
+    mx, my = L.c2dsr_infomax_loss(F, FX, FY, FCX, FCY, xm, ym, WX, bx, WY, by, row_mask=keep)
+    k = keep
+    want_mx = bce(disc(c_y[k], s_x[k], WX, bx), 1) + bce(disc(cc_y[k], s_x[k], WX, bx), 0)
+    want_my = bce(disc(c_x[k], s_y[k], WY, by), 1) + bce(disc(cc_x[k], s_y[k], WY, by), 0)
+    np.testing.assert_allclose([mx, my], [want_mx, want_my], rtol=1e-5)

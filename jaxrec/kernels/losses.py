@@ -381,6 +381,7 @@ def c2dsr_infomax_loss(
     bias_x,
     weight_y,
     bias_y,
+    row_mask=None,
 ):
     """C2DSR's two infomax terms (official code), returned as ``(L_mi_X, L_mi_Y)``.
 
@@ -394,7 +395,8 @@ def c2dsr_infomax_loss(
       seq_states: ``F [B, T, D]`` mixed encoder; x_states ``F_X``, y_states ``F_Y`` ``[B, T, D]``;
       corrupt_x_states: ``F_cx [B, T, D]`` (encoder on ``corru_x``: X items kept, Y items randomised);
       corrupt_y_states: ``F_cy [B, T, D]`` (encoder on ``corru_y``);
-      x_mask, y_mask: ``[B, T]`` target masks; weight_x, weight_y: ``[D, D]``; bias_x, bias_y: scalars.
+      x_mask, y_mask: ``[B, T]`` target masks; weight_x, weight_y: ``[D, D]``; bias_x, bias_y: scalars;
+      row_mask: ``[B]`` bool or None -- the rows the BCE means run over (e.g. real, non-padding examples).
     """
     s_x = masked_mean_pool(x_states, x_mask)
     s_y = masked_mean_pool(y_states, y_mask)
@@ -402,8 +404,8 @@ def c2dsr_infomax_loss(
     c_y = masked_mean_pool(seq_states, y_mask)
     cc_x = masked_mean_pool(corrupt_x_states, x_mask)
     cc_y = masked_mean_pool(corrupt_y_states, y_mask)
-    l_x = bilinear_infomax_loss(c_y, cc_y, s_x, weight_x, bias_x)
-    l_y = bilinear_infomax_loss(c_x, cc_x, s_y, weight_y, bias_y)
+    l_x = bilinear_infomax_loss(c_y, cc_y, s_x, weight_x, bias_x, mask=row_mask)
+    l_y = bilinear_infomax_loss(c_x, cc_x, s_y, weight_y, bias_y, mask=row_mask)
     return l_x, l_y
 
 

@@ -27,8 +27,7 @@ optional infomax states / row mask); CDSRNP calls it on its adapted states:
     L_y  = CE([lin_Y(F + F_Y); lin_PAD(F_Y)], y_tgt) * y_mask
     L_mi_X, L_mi_Y = kernels.losses.c2dsr_infomax_loss(F, F_X, F_Y, F_cx, F_cy, x_mask, y_mask, ...)
         (full-length target masks; L_mi_X = BCE(D_X(c_Y, s_X), 1) + BCE(D_X(c~_Y, s_X), 0), mirror for Y;
-        composed here from kernels.losses.masked_mean_pool + bilinear_infomax_loss because the BCE means
-        take a row mask -- keep > 0, CDSRNP: overlapped query rows -- that c2dsr_infomax_loss has no argument for)
+        with its ``row_mask``: the rows the BCE means run over -- keep > 0; CDSRNP: overlapped query rows)
     L = λ (L_sx + L_sy + L_x + L_y) + (1 - λ)(L_mi_X + L_mi_Y),   λ = 0.7 (kernels.losses.c2dsr_total_loss)
 
 Masked heads (``task.head_slots`` ["masked"]): each loss term is a sum over slots with a non-zero weight
@@ -349,14 +348,9 @@ class C2DSR(nn.Module):
             mtg = targets if infomax_targets is None else infomax_targets
             rows = keep > 0 if infomax_rows is None else infomax_rows
             wx, bx, wy, by = self.discriminators()
-            xm, ym = mtg["x_mask"], mtg["y_mask"]
-            pool = losses.masked_mean_pool
-            s_x, s_y = pool(mst["F_X"], xm), pool(mst["F_Y"], ym)
-            c_x, c_y = pool(mst["F"], xm), pool(mst["F"], ym)
-            cc_x, cc_y = pool(mst["F_cx"], xm), pool(mst["F_cy"], ym)
-            terms["loss_mi_x"] = losses.bilinear_infomax_loss(c_y, cc_y, s_x, wx, bx, mask=rows)
-            terms["loss_mi_y"] = losses.bilinear_infomax_loss(c_x, cc_x, s_y, wy, by, mask=rows)
-            mi = (terms["loss_mi_x"], terms["loss_mi_y"])
+            mi = losses.c2dsr_infomax_loss(mst["F"], mst["F_X"], mst["F_Y"], mst["F_cx"], mst["F_cy"], mtg["x_mask"],
+                                           mtg["y_mask"], wx, bx, wy, by, row_mask=rows)
+            terms["loss_mi_x"], terms["loss_mi_y"] = mi
         else:
             terms["loss_mi_x"] = terms["loss_mi_y"] = jnp.zeros((), f.dtype)
             mi = ()
