@@ -26,9 +26,11 @@ def _rows(workdir):
 
 @pytest.mark.slow
 def test_select_metrics_keep_the_test_eval_of_each_metrics_best_step_and_survive_resume(tmp_path):
-    a = tmp_path / "a"
-    out = train_from_config(_cfg(), str(a), progress=False)
-    rows = _rows(a)
+    # killed after 7 steps (last checkpoint at step 6), then resumed to step 12: the selections made before the
+    # kill come back from the checkpoint and the final ones are those of the whole eval history
+    train_from_config(_cfg(), str(tmp_path), progress=False, stop_after=7)
+    out = train_from_config(_cfg(), str(tmp_path), progress=False)
+    rows = _rows(tmp_path)
     evals = [r for r in rows if "eval/full/mrr" in r]
     assert [r["step"] for r in evals] == [3, 6, 9, 12]
     tests = {r["step"]: r for r in rows if any(k.startswith("select_test/") for k in r)}
@@ -48,11 +50,7 @@ def test_select_metrics_keep_the_test_eval_of_each_metrics_best_step_and_survive
                 top = r[f"eval/{m}"]
                 improved.add(r["step"])
     assert set(tests) == improved
-    # killed after 7 steps (last checkpoint at 6), resumed: the same selection
-    b = tmp_path / "b"
-    train_from_config(_cfg(), str(b), progress=False, stop_after=7)
-    out_b = train_from_config(_cfg(), str(b), progress=False)
-    assert json.loads(json.dumps(out_b["selected"])) == json.loads(json.dumps(out["selected"]))
+    assert json.loads((tmp_path / "results.json").read_text())["selected"].keys() == set(METRICS)
 
 
 def test_select_metrics_need_valid_and_test_splits(tmp_path):
