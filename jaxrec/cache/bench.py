@@ -29,7 +29,8 @@ without the cache.
 5. A PNG (``plot``): quality vs cache size with the FLOPs of each point, FLOPs vs effective depth with and
    without the cache, FLOPs vs cache size per variant.
 
-Results: ``<out_dir>/marm.json`` and ``marm.png`` (``marm_small.*`` for the small run).
+Results: ``<out_dir>/marm.json`` and ``marm.png`` (``marm_small.*`` / ``marm_medium.*`` for the small / medium
+grids); quality rows are also appended to ``<name>.quality.jsonl`` as they finish, and a rerun resumes from them.
 """
 
 from __future__ import annotations
