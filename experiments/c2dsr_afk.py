@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         select_metrics=("X/mrr", "Y/mrr")))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,
-        valid_split="valid", test_split="test"))
+        nonoverlap_view=True, nonoverlap_keep="target_domain", valid_split="valid", test_split="test"))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0,
         schedule="constant", warmup_steps=0))

@@ -18,6 +18,9 @@ ceil(7354 / 256) = 29 steps. 100 epochs; validation (and checkpoints) every 5 ep
 Training speed: ``task.head_slots="masked"`` (default) evaluates the four vocabulary heads only on the slots
 whose mask is set (same loss and gradients as ``"all"``); ``benchmarks/bench_c2dsr.py`` measures both.
 
+Test-user groups: ``eval.nonoverlap_view`` also scores every user with the other domain hidden from the history
+(CDSRNP's non-overlapped view, ``nonoverlap/X/...`` etc.; ``--config.eval.nonoverlap_view=false`` to skip it).
+
 Per-domain metrics: ``X/mrr, X/ndcg@5, X/ndcg@10, X/hr@1, X/hr@5, X/hr@10`` (official 999-negative protocol),
 ``X/full/...`` (full ranking over the domain), the same for ``Y/``, and ``all/...``.
 """
@@ -44,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         select_metrics=("X/mrr", "Y/mrr")))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=2048, num_negatives=999, negatives_seed=2040, exclude_history=False, full_ranking=True,
-        valid_split="valid", test_split="test"))
+        nonoverlap_view=True, nonoverlap_keep="target_domain", valid_split="valid", test_split="test"))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0,
         schedule="constant", warmup_steps=0))

@@ -331,6 +331,15 @@ def test_np_off_reproduces_c2dsr_scores_losses_and_metrics():
     nm = _metrics(n_task, jit_evaluate(n_task)(n_params, eb), eb)
     for k, v in cm.items():
         np.testing.assert_allclose(nm[k], v, rtol=1e-6, err_msg=k)
+    # C2DSR's own task with eval.nonoverlap_view: the same two-view metrics as CDSRNP's task (every key)
+    v_cfg = make_cfg("c2dsr", "c2dsr")
+    v_cfg.eval.nonoverlap_view = True
+    v_task = c2dsr_lib.C2DSRTask(v_cfg, synthetic_info(), train_records=records)
+    vm = _c2dsr_metrics(v_task, c_params, eval_batch(v_task, eval_records()))
+    assert set(vm) == set(nm) and any(k.startswith("nonoverlap/") for k in vm)
+    assert any(abs(vm["nonoverlap/" + k] - vm[k]) > 1e-6 for k in cm)  # the hidden view does change ranks
+    for k, v in vm.items():
+        np.testing.assert_allclose(nm[k], v, rtol=1e-6, err_msg=k)
     # training losses on the same rows (eval mode: no dropout)
     tb = train_batch(n_task, records)
     tb["keep"] = tb["keep"].copy()

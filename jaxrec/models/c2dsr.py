@@ -546,7 +546,10 @@ class C2DSRTask:
     ``task.head_slots`` ["masked" | "all"], ``task.head_capacity`` ["auto" | "bound" | int],
     ``task.head_capacity_sigmas`` [4.0];
     ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history`` [False]
-    (full ranking only), ``eval.full_ranking`` [True].
+    (full ranking only), ``eval.full_ranking`` [True]; ``eval.nonoverlap_view`` [False]: also score every
+    evaluation user with the other domain hidden from the history (CDSRNP's non-overlapped view,
+    ``eval.nonoverlap_keep`` ["target_domain" | "other_domain"]) -> ``nonoverlap/X/...`` etc., the same metrics
+    as :class:`jaxrec.models.cdsrnp.CDSRNPTask` reports, so a C2DSR run is comparable on that group.
 
     ``train_records``: the training split's records (default: read from the prepared dataset) -- used once
     for the item graphs and the precomputed training table.
@@ -588,6 +591,11 @@ class C2DSRTask:
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
         ev = cfg.eval
         self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
+        self.nonoverlap_view = bool(ev.get("nonoverlap_view", False))
+        self.nonoverlap_keep = ev.get("nonoverlap_keep", "target_domain")
+        if self.nonoverlap_keep not in ("target_domain", "other_domain"):
+            raise ConfigError(f"config key 'eval.nonoverlap_keep': expected 'target_domain' or 'other_domain', "
+                              f"got {self.nonoverlap_keep!r}")
 
         if train_records is None:
             train_records = load_train_records(data_info)
@@ -653,6 +661,11 @@ class C2DSRTask:
     def eval_transform(self, split: str):
         from jaxrec.data import c2dsr_transforms as ct
 
+        if self.nonoverlap_view:
+            from jaxrec.data import cdsrnp_transforms as nt
+
+            return nt.CDSRNPEvalTransform(self.num_x, self.num_y, self.max_len, self.num_negatives,
+                                          self.negatives_seed, split, self.nonoverlap_keep)
         return ct.C2DSREvalTransform(self.num_x, self.num_y, self.max_len, self.num_negatives, self.negatives_seed,
                                      split)
 
@@ -691,12 +704,21 @@ class C2DSRTask:
         return self.model.apply(variables, batch, self.graphs(), method="scores")
 
     def evaluate(self, params, model_state, batch):
-        sx, sy = self.scores(params, model_state, batch)
-        return rank_outputs(sx, sy, batch, num_negatives=self.num_negatives, full_ranking=self.full_ranking,
-                            exclude_history=self.exclude_history)
+        kw = dict(num_negatives=self.num_negatives, full_ranking=self.full_ranking,
+                  exclude_history=self.exclude_history)
+        if not self.nonoverlap_view:
+            sx, sy = self.scores(params, model_state, batch)
+            return rank_outputs(sx, sy, batch, **kw)
+        from jaxrec.data.cdsrnp_transforms import STREAM_KEYS
+
+        sx, sy = self.scores(params, model_state, two_view_inputs(batch, STREAM_KEYS))
+        return rank_two_views(sx, sy, batch, **kw)
 
     def accumulate(self, acc, outputs, batch) -> None:
-        accumulate_by_domain(acc, outputs, batch)
+        if self.nonoverlap_view:
+            accumulate_two_views(acc, outputs, batch)
+        else:
+            accumulate_by_domain(acc, outputs, batch)
 
     def train_flops_per_example(self) -> float:
         m = self.model
@@ -763,6 +785,51 @@ def accumulate_by_domain(acc, outputs, batch) -> None:
         acc.add(f"X/{suffix}", v, mask=valid & ~is_y)
         acc.add(f"Y/{suffix}", v, mask=valid & is_y)
         acc.add(f"all/{suffix}", v, mask=valid)
+
+
+NONOVERLAP_PREFIX = "nonoverlap/"
+
+
+class PrefixedAccumulator:
+    """A metric-accumulator view that prefixes every name and ANDs an extra row mask."""
+
+    def __init__(self, acc, prefix: str, mask):
+        self.acc, self.prefix, self.mask = acc, prefix, np.asarray(mask, bool)
+
+    def add(self, name, values, mask=None, **kw):
+        m = self.mask if mask is None else (np.asarray(mask, bool) & self.mask)
+        self.acc.add(self.prefix + name, values, mask=m, **kw)
+
+
+def two_view_inputs(batch, keys) -> dict:
+    """``{k: concat(batch[k], batch["nv_" + k])}``: the full-history and the hidden-domain ("non-overlapped")
+    views of an evaluation batch (:class:`jaxrec.data.cdsrnp_transforms.CDSRNPEvalTransform`) stacked on the
+    batch axis, so both are scored in one pass (one GCN)."""
+    return {k: jnp.concatenate([jnp.asarray(batch[k]), jnp.asarray(batch["nv_" + k])], 0) for k in keys}
+
+
+def rank_two_views(scores_x, scores_y, batch, **kw) -> dict:
+    """:func:`rank_outputs` of the full view (rows ``:B`` of the scores) and of the hidden view (rows ``B:``,
+    ranked against the same targets and negatives, the hidden history excluded when ``exclude_history``); the
+    latter's keys are prefixed ``"nonoverlap|"``."""
+    b = np.shape(batch["is_y"])[0]
+    out = rank_outputs(scores_x[:b], scores_y[:b], batch, **kw)
+    nv_batch = {"is_y": batch["is_y"], "gt": batch["gt"], "history": batch["nv_history"]}
+    if "negatives" in batch:
+        nv_batch["negatives"] = batch["negatives"]
+    out.update({f"nonoverlap|{k}": v for k, v in rank_outputs(scores_x[b:], scores_y[b:], nv_batch, **kw).items()})
+    return out
+
+
+def accumulate_two_views(acc, outputs, batch) -> None:
+    """:func:`accumulate_by_domain` of :func:`rank_two_views`' outputs: ``X/..., Y/..., all/...`` (full view)
+    and ``nonoverlap/X/...`` etc. over the rows whose hidden view keeps a history (``nv_valid``)."""
+    full = {k: v for k, v in outputs.items() if "|" not in k}
+    nv = {k.split("|", 1)[1]: v for k, v in outputs.items() if k.startswith("nonoverlap|")}
+    accumulate_by_domain(acc, full, batch)
+    valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(np.shape(batch["is_y"]), bool)
+    accumulate_by_domain(PrefixedAccumulator(acc, NONOVERLAP_PREFIX, np.asarray(batch["nv_valid"], bool)), nv,
+                         {"valid": valid, "is_y": batch["is_y"]})
 
 
 @register_task("c2dsr")

@@ -94,9 +94,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.models.c2dsr import (C2DSR, accumulate_by_domain, build_model, eval_protocol, head_capacity,
-                                head_slot_counts, load_train_records, rank_outputs, supervised_positions, take_at,
-                                two_domain_sizes)
+from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, head_capacity,
+                                head_slot_counts, load_train_records, rank_two_views, supervised_positions, take_at,
+                                two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -405,17 +405,6 @@ class CDSRNP(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- task
 
-class _Prefixed:
-    """A MetricAccumulator view that prefixes names and ANDs an extra mask."""
-
-    def __init__(self, acc, prefix: str, mask):
-        self.acc, self.prefix, self.mask = acc, prefix, np.asarray(mask, bool)
-
-    def add(self, name, values, mask=None, **kw):
-        m = self.mask if mask is None else (np.asarray(mask, bool) & self.mask)
-        self.acc.add(self.prefix + name, values, mask=m, **kw)
-
-
 class CDSRNPTask:
     """The CDSRNP task (engine protocol of :class:`jaxrec.train.state.Task`); config keys in the module
     docstring. ``train_records``: the training split's records (default: read from the prepared dataset)."""
@@ -546,27 +535,14 @@ class CDSRNPTask:
                                 method="infer")
 
     def evaluate(self, params, model_state, batch):
-        b = batch["seq"].shape[0]
-        both = [jnp.concatenate([jnp.asarray(batch[k]), jnp.asarray(batch["nv_" + k])], 0)
-                for k in QUERY_INPUT_KEYS]  # both views in one pass (one GCN)
-        sx, sy = self.model.apply({"params": params, **model_state}, self.eval_support(), self.graphs(), *both,
-                                  method="infer")
-        kw = dict(num_negatives=self.num_negatives, full_ranking=self.full_ranking,
-                  exclude_history=self.exclude_history)
-        out = rank_outputs(sx[:b], sy[:b], batch, **kw)
-        nv_batch = {"is_y": batch["is_y"], "gt": batch["gt"], "history": batch["nv_history"]}
-        if self.num_negatives:
-            nv_batch["negatives"] = batch["negatives"]
-        out.update({f"nonoverlap|{k}": v for k, v in rank_outputs(sx[b:], sy[b:], nv_batch, **kw).items()})
-        return out
+        both = two_view_inputs(batch, QUERY_INPUT_KEYS)  # both views in one pass (one GCN)
+        sx, sy = self.model.apply({"params": params, **model_state}, self.eval_support(), self.graphs(),
+                                  *[both[k] for k in QUERY_INPUT_KEYS], method="infer")
+        return rank_two_views(sx, sy, batch, num_negatives=self.num_negatives, full_ranking=self.full_ranking,
+                              exclude_history=self.exclude_history)
 
     def accumulate(self, acc, outputs, batch) -> None:
-        full = {k: v for k, v in outputs.items() if "|" not in k}
-        nv = {k.split("|", 1)[1]: v for k, v in outputs.items() if k.startswith("nonoverlap|")}
-        accumulate_by_domain(acc, full, batch)
-        valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(np.shape(batch["is_y"]), bool)
-        accumulate_by_domain(_Prefixed(acc, "nonoverlap/", np.asarray(batch["nv_valid"], bool)), nv,
-                             {"valid": valid, "is_y": batch["is_y"]})
+        accumulate_two_views(acc, outputs, batch)
 
 
 @register_task("cdsrnp")
