@@ -226,6 +226,24 @@ def test_c2dsr_sorts_by_time_stably(tmp_path):
     assert md["stats"]["splits"]["valid"]["targets_by_domain"] == [0, 1]
 
 
+def test_c2dsr_vt_holds_out_valid_users_and_keeps_test(tmp_path):
+    valid = [(u, [(u % 3, 10 + u), (3 + u % 2, 20 + u), (u % 3, 30 + u)]) for u in range(10)]
+    d = _c2dsr_dir(tmp_path, valid=valid, test=[(10, [(0, 5), (1, 6)]), (11, [(4, 1), (3, 2), (1, 3)])])
+    (d / "userlist.txt").write_text("".join(f"R{u}\t{u}\n" for u in range(12)))
+    _source_md(tmp_path / "c2dsr")
+    data = C.read_config("c2dsr_food_kitchen_vt", d)
+    tr, va, te = (data.tables[k] for k in ("train", "valid", "test"))
+    assert (len(tr), len(va), len(te)) == (9, 1, 2)  # round(0.1 * 10) held out
+    assert sorted(tr.user_id.tolist() + va.user_id.tolist()) == list(range(10))  # a partition of the valid users
+    assert te.user_id.tolist() == [10, 11] and te.target.tolist() == [2, 2]
+    for t in (tr, va):
+        for i in range(len(t)):  # each record still its user's time-sorted line: history -> last target
+            u = int(t.user_id[i])
+            assert t.example(i)["items"].tolist() == [u % 3 + 1, 3 + u % 2 + 1] and int(t.target[i]) == u % 3 + 1
+    again = C.read_config("c2dsr_food_kitchen_vt", d)
+    assert again.tables["valid"].user_id.tolist() == va.user_id.tolist()  # seeded
+
+
 def test_c2dsr_user_in_both_valid_and_test(tmp_path):
     d = _c2dsr_dir(tmp_path, valid=[(0, [(0, 1), (1, 2)])], test=[(0, [(2, 1), (3, 2)])])
     with pytest.raises(DataError, match="already has a sequence") as e:
@@ -340,6 +358,17 @@ def test_real_c2dsr(real, name):
     assert "traindata_new.txt" in st["unavailable_splits"]["train"]
     with pytest.raises(DataError, match="traindata_new.txt"):
         catalog.load(name, "train")
+
+
+@pytest.mark.shared_data
+def test_real_c2dsr_vt(real, tmp_path):
+    b = catalog.builder("c2dsr/food_kitchen_vt", data_dir=tmp_path / "tfds")
+    sizes = {s: b.info.splits[s].num_examples for s in ("train", "valid", "test")}
+    assert sizes == C.CONFIGS["c2dsr_food_kitchen_vt"].source_stats["records"]
+    full = catalog.load("c2dsr/food_kitchen", "valid")
+    users = lambda ds: {int(ds[i]["user_id"]) for i in range(len(ds))}  # noqa: E731
+    tr, va = (users(b.as_data_source(s)) for s in ("train", "valid"))
+    assert not tr & va and tr | va == users(full)
 
 
 # ------------------------------------------------------------------------- catalog info/stats/load (crafted)

@@ -38,6 +38,11 @@ nearest one above the raw folder); every reader problem is a :class:`DataError` 
     ``0..n-1``); raw global ids as LLMCDSR (stored ``+1``). Each line's ``item|ts|date|`` records are
     stably sorted by ``ts`` (C2DSR's loader), the last one is the target. User ids = ``userlist.txt``
     indices (each user in exactly one of valid/test, checked). Unix timestamps.
+``c2dsr/food_kitchen_vt`` (the same files) -- a trainable stand-in: ``train`` = 90 % of the users of
+    ``validdata_new.txt`` (whole sequences; the official loader trains on every next item of a train line),
+    ``valid`` = the other 10 % (seeded permutation, :func:`holdout_split`), ``test`` = ``testdata_new.txt``
+    unchanged (the official test users, targets and, in the C2DSR task, the official 999-negative protocol).
+    Much less training data than the missing ``traindata_new.txt``; numbers on it are not the paper's setting.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class PairConfig:
     licence: str
     description: str
     source_stats: dict
+    valid_holdout: float = 0.0   # c2dsr "_vt" configs: share of the valid file's users kept as ``valid``
+    holdout_seed: int = 0
 
 
 CONFIGS: dict[str, PairConfig] = {}
@@ -137,6 +144,18 @@ _cfg(config_name="c2dsr_food_kitchen", catalog_name="c2dsr/food_kitchen", family
          "valid": {"records": 8173, "targets_by_domain": (2722, 5451), "interactions": 80447},
          "test": {"records": 8406, "targets_by_domain": (2747, 5659), "interactions": 82787}},
          "seq_len": (6, 15)})
+_C2DSR_VT = ("train = {train} of the {valid} users of validdata_new.txt (their whole sequences, seeded user "
+             "permutation), valid = the other {hold} ({pct} %), test = testdata_new.txt; a stand-in for the missing "
+             "traindata_new.txt: train and test users are disjoint, so no test user's earlier lines are trained on.")
+_cfg(config_name="c2dsr_food_kitchen_vt", catalog_name="c2dsr/food_kitchen_vt", family="c2dsr",
+     raw_subdir="c2dsr/Food-Kitchen", domain_names=("food", "kitchen"), splits=("train", "valid", "test"),
+     unavailable_splits={},
+     licence=f"C2DSR code MIT; data no licence stated; {_AMAZON}; cite C2DSR (CIKM 2022) and pi-net",
+     description="C2DSR Food-Kitchen, valid file split into train / valid by user: " + _C2DSR_VT.format(
+         train="7,356", valid="8,173", hold="817", pct=10),
+     source_stats={"num_items": (29207, 34886), "users": 16579, "records": {"train": 7356, "valid": 817,
+                                                                          "test": 8406}},
+     valid_holdout=0.1, holdout_seed=0)
 _cfg(config_name="c2dsr_movie_book", catalog_name="c2dsr/movie_book", family="c2dsr",
      raw_subdir="c2dsr/Movie-Book", domain_names=("movie", "book"), splits=("valid", "test"),
      unavailable_splits={"train": _C2DSR_TRAIN_MISSING},
@@ -405,7 +424,8 @@ def read_c2dsr(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksums:
     files = {"valid": "validdata_new.txt", "test": "testdata_new.txt", "train": "traindata_new.txt"}
     seen_user: dict[int, tuple[str, int]] = {}
     tables, file_stats = {}, {}
-    for split in cfg.splits:
+    raw_splits = ("valid", "test") if cfg.valid_holdout else cfg.splits
+    for split in raw_splits:
         s = read_timed_sequence_file(get(files[split]), layout="c2dsr", id_range=(0, n_items),
                                      user_range=(0, n_users), min_len=2)
         for u, ln in zip(s.users.tolist(), s.lines.tolist()):
@@ -421,9 +441,23 @@ def read_c2dsr(raw_dir: str | os.PathLike, cfg: PairConfig, *, verify_checksums:
         file_stats[files[split]] = _file_stats(s, dom)
         tables[split] = _tail_split(s.users, values + 1, dom, times, s.offsets, _overlap(dom, s.offsets), cut=0)
         tables[split].check(n_items, where=f"{cfg.catalog_name}:{split}")
+    if cfg.valid_holdout:
+        tables = dict(holdout_split(tables["valid"], cfg.valid_holdout, cfg.holdout_seed), test=tables["test"])
     return CrossDomainData(tables=tables, num_users=n_users, num_items=n_items, domain_names=cfg.domain_names,
                            domain_item_ranges={cfg.domain_names[0]: (1, n_a), cfg.domain_names[1]: (n_a + 1, n_items)},
                            file_stats=file_stats, drops=drops, checksums=dict(ver.verified))
+
+
+def holdout_split(table: SequenceTable, fraction: float, seed: int) -> dict:
+    """``{"train", "valid"}``: ``round(fraction * n)`` records of ``table`` drawn by a seeded permutation of its
+    records become ``valid``, the rest ``train`` (both kept in file order); every record lands in exactly one."""
+    n = len(table)
+    n_hold = int(round(float(fraction) * n))
+    if not 0 < n_hold < n:
+        raise ValueError(f"holdout fraction {fraction} of {n} records leaves an empty split")
+    hold = np.zeros(n, bool)
+    hold[np.random.default_rng(int(seed)).permutation(n)[:n_hold]] = True
+    return {"train": table.take(np.nonzero(~hold)[0]), "valid": table.take(np.nonzero(hold)[0])}
 
 
 _READERS = {"llmcdsr": read_llmcdsr, "abxi": read_abxi, "c2dsr": read_c2dsr}
