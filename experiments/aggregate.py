@@ -7,8 +7,13 @@
 Each ``NAME=PREFIX`` groups the run directories ``<runs>/<PREFIX>*`` that hold a ``results.json`` (written by
 ``jaxrec train`` when a run finishes; unfinished runs are listed as such and left out). The standard deviation is the
 sample std (ddof = 1) over the seeds; ``n`` is the number of finished seeds. ``--split`` picks ``test`` (the test
-metrics of the best-validation checkpoint) or ``best_valid``. A metric missing from a run is an error naming the run
-and the metrics it has.
+metrics of the best-validation checkpoint) or ``best_valid``. ``--select X/=X/mrr Y/=Y/mrr`` reads the metrics
+starting with ``X/`` from the test evaluation made when ``X/mrr`` was best on validation (``train.select_metrics``,
+``results.json["selected"]``: C2DSR's per-domain model selection), the longest matching prefix winning. A metric
+missing from a run is an error naming the run and the metrics it has.
+
+    python experiments/aggregate.py --group c2dsr=c2dsr_fk10_s sasrec_x=sasrec_fk10_x_s \
+        --metrics X/mrr X/ndcg@10 --select X/=X/mrr Y/=Y/mrr nonoverlap/X/=X/mrr nonoverlap/Y/=Y/mrr
 """
 
 from __future__ import annotations
@@ -36,15 +41,32 @@ def load_group(runs: pathlib.Path, prefix: str) -> tuple[list[dict], list[str]]:
     return done, unfinished
 
 
-def summarize(results: list[dict], metrics: list[str], split: str) -> dict:
+def source_of(metric: str, split: str, select: dict) -> tuple[str, str | None]:
+    """``(split, selecting metric or None)`` a metric is read from: the longest ``--select`` prefix it starts
+    with names the validation metric whose best step's test evaluation holds it, else ``split``."""
+    hits = [p for p in select if metric.startswith(p)]
+    return ("selected", select[max(hits, key=len)]) if hits else (split, None)
+
+
+def value_of(r: dict, metric: str, split: str, select: dict) -> float:
+    where, by = source_of(metric, split, select)
+    if by is None:
+        table, what = r.get(split, {}), f"{split!r} metric {metric!r}"
+    else:
+        sel = r.get("selected", {})
+        if by not in sel:
+            raise KeyError(f"{r['_dir']}/results.json: no test evaluation selected by {by!r}; selected metrics: "
+                           f"{sorted(sel)}")
+        table, what = sel[by]["test"], f"metric {metric!r} in the test evaluation selected by {by!r}"
+    if metric not in table:
+        raise KeyError(f"{r['_dir']}/results.json: no {what}; it has {sorted(table)}")
+    return float(table[metric])
+
+
+def summarize(results: list[dict], metrics: list[str], split: str, select: dict | None = None) -> dict:
     out = {}
     for m in metrics:
-        vals = []
-        for r in results:
-            if m not in r.get(split, {}):
-                raise KeyError(f"{r['_dir']}/results.json: no {split!r} metric {m!r}; it has "
-                               f"{sorted(r.get(split, {}))}")
-            vals.append(float(r[split][m]))
+        vals = [value_of(r, m, split, select or {}) for r in results]
         v = np.asarray(vals)
         out[m] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size))
     return out
@@ -60,10 +82,19 @@ def main(argv=None) -> int:
     p.add_argument("--group", nargs="+", required=True, help="NAME=PREFIX (run dirs <runs>/<PREFIX>*)")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--split", default="test", choices=("test", "best_valid"))
+    p.add_argument("--select", nargs="*", default=[], metavar="PREFIX=METRIC",
+                   help="per-metric model selection (train.select_metrics): metrics starting with PREFIX are read "
+                        "from the test evaluation made when METRIC was best on validation, e.g. X/=X/mrr Y/=Y/mrr")
     p.add_argument("--digits", type=int, default=4)
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     runs = pathlib.Path(a.runs)
+    select = {}
+    for x in a.select:
+        if "=" not in x:
+            p.error(f"--select {x!r}: expected PREFIX=METRIC")
+        k, v = x.split("=", 1)
+        select[k] = v
     header = "| model | n | " + " | ".join(a.metrics) + " |"
     lines = [header, "|" + "---|" * (len(a.metrics) + 2)]
     dump = {}
@@ -77,7 +108,7 @@ def main(argv=None) -> int:
         if not res:
             print(f"{name}: no finished run under {runs}/{prefix}*", file=sys.stderr)
             continue
-        s = summarize(res, a.metrics, a.split)
+        s = summarize(res, a.metrics, a.split, select)
         dump[name] = {"runs": [r["_dir"] for r in res], "metrics": {k: dict(zip(("mean", "std", "n"), v))
                                                                    for k, v in s.items()}}
         n = len(res)

@@ -1,0 +1,51 @@
+"""experiments/aggregate.py: mean ± std over seeds, per-metric model selection (``--select``), clear errors."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "aggregate.py"
+_spec = importlib.util.spec_from_file_location("jaxrec_experiments_aggregate", _PATH)
+agg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(agg)
+
+
+def _run(root, name, test, selected=None):
+    d = root / name
+    d.mkdir()
+    r = {"test": test, "best_valid": {}}
+    if selected is not None:
+        r["selected"] = selected
+    (d / "results.json").write_text(json.dumps(r))
+
+
+def test_mean_std_and_per_domain_selection(tmp_path, capsys):
+    for i, (x_sel, y_sel, x_best) in enumerate([(0.30, 0.50, 0.25), (0.40, 0.70, 0.35)]):
+        _run(tmp_path, f"m_s{i}", {"X/mrr": x_best, "Y/mrr": 0.1, "nonoverlap/X/mrr": 0.0},
+             {"X/mrr": {"step": 5, "valid": {}, "test": {"X/mrr": x_sel, "nonoverlap/X/mrr": x_sel / 2}},
+              "Y/mrr": {"step": 9, "valid": {}, "test": {"Y/mrr": y_sel}}})
+    (tmp_path / "m_s9").mkdir()  # unfinished: no results.json -> left out
+    out = tmp_path / "o.json"
+    assert agg.main(["--runs", str(tmp_path), "--group", "m=m_s", "--metrics", "X/mrr", "Y/mrr", "nonoverlap/X/mrr",
+                     "--select", "X/=X/mrr", "Y/=Y/mrr", "nonoverlap/X/=X/mrr", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["m"]
+    assert got["runs"] == ["m_s0", "m_s1"]
+    np.testing.assert_allclose(got["metrics"]["X/mrr"]["mean"], 0.35)
+    np.testing.assert_allclose(got["metrics"]["X/mrr"]["std"], np.std([0.3, 0.4], ddof=1))
+    np.testing.assert_allclose(got["metrics"]["Y/mrr"]["mean"], 0.60)
+    np.testing.assert_allclose(got["metrics"]["nonoverlap/X/mrr"]["mean"], 0.175)  # longest prefix wins
+    assert "unfinished (left out): m_s9" in capsys.readouterr().err
+    # without --select: the best-checkpoint test metrics
+    agg.main(["--runs", str(tmp_path), "--group", "m=m_s", "--metrics", "X/mrr", "--json", str(out)])
+    np.testing.assert_allclose(json.loads(out.read_text())["m"]["metrics"]["X/mrr"]["mean"], 0.30)
+
+
+def test_missing_metric_or_selection_names_the_run(tmp_path):
+    _run(tmp_path, "a_s0", {"X/mrr": 0.1}, {"X/mrr": {"step": 1, "valid": {}, "test": {"X/mrr": 0.2}}})
+    with pytest.raises(KeyError, match="a_s0/results.json: no 'test' metric 'Y/mrr'"):
+        agg.main(["--runs", str(tmp_path), "--group", "a=a_s", "--metrics", "Y/mrr"])
+    with pytest.raises(KeyError, match="no test evaluation selected by 'Y/mrr'"):
+        agg.main(["--runs", str(tmp_path), "--group", "a=a_s", "--metrics", "Y/mrr", "--select", "Y/=Y/mrr"])
