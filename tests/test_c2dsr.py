@@ -718,3 +718,17 @@ def test_head_capacity_bounds():
     assert 3 * counts.mean() < auto <= 28
     assert c2dsr_lib.head_capacity(counts, 3, sigmas=100.0, multiple=1) == 28  # capped at the strict bound
     assert c2dsr_lib.head_capacity(counts, 3, sigmas=None, multiple=32) == 32
+
+
+def test_train_protocol_defaults_and_errors():
+    import ml_collections
+
+    from jaxrec.config import ConfigError
+
+    assert c2dsr_lib.train_protocol(ml_collections.ConfigDict()) == (0.7, 10, 2040, True)
+    t = ml_collections.ConfigDict(dict(lambda_=1.0, loss_positions=0, corrupt_seed=3, y_final_strict=False))
+    assert c2dsr_lib.train_protocol(t) == (1.0, 0, 3, False)
+    with pytest.raises(ConfigError, match="task.lambda_"):
+        c2dsr_lib.train_protocol(ml_collections.ConfigDict(dict(lambda_=1.5)))
+    with pytest.raises(ConfigError, match="task.loss_positions"):
+        c2dsr_lib.train_protocol(ml_collections.ConfigDict(dict(loss_positions=-1)))

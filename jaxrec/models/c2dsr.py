@@ -514,6 +514,22 @@ def build_model(cfg, num_x: int, num_y: int):
     return model
 
 
+def train_protocol(task) -> tuple[float, int, int, bool]:
+    """C2DSR's training options ``(lambda_, loss_positions, corrupt_seed, y_final_strict)`` from the ``task``
+    config (shared by the C2DSR, CDSRNP and SASRec-on-C2DSR tasks): ``task.lambda_`` [0.7] in [0, 1],
+    ``task.loss_positions`` [10] >= 0 (0 = every position), ``task.corrupt_seed`` [2040],
+    ``task.y_final_strict`` [True]."""
+    from jaxrec.config import ConfigError
+
+    lam = float(task.get("lambda_", 0.7))
+    if not 0.0 <= lam <= 1.0:
+        raise ConfigError(f"config key 'task.lambda_': expected a value in [0, 1], got {lam}")
+    pos = int(task.get("loss_positions", 10))
+    if pos < 0:
+        raise ConfigError(f"config key 'task.loss_positions': expected >= 0 (0 = every position), got {pos}")
+    return lam, pos, int(task.get("corrupt_seed", 2040)), bool(task.get("y_final_strict", True))
+
+
 def eval_protocol(ev) -> tuple[int, int, bool, bool]:
     """C2DSR's evaluation options ``(num_negatives, negatives_seed, exclude_history, full_ranking)`` from the
     ``eval`` config: ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history``
@@ -567,12 +583,7 @@ class C2DSRTask:
         self.model = build_model(cfg, self.num_x, self.num_y)
         self.max_len = int(self.model.max_len)
         task = cfg.task
-        self.lambda_ = float(task.get("lambda_", 0.7))
-        if not 0.0 <= self.lambda_ <= 1.0:
-            raise ConfigError(f"config key 'task.lambda_': expected a value in [0, 1], got {self.lambda_}")
-        self.loss_positions = int(task.get("loss_positions", 10))
-        self.corrupt_seed = int(task.get("corrupt_seed", 2040))
-        self.y_final_strict = bool(task.get("y_final_strict", True))
+        self.lambda_, self.loss_positions, self.corrupt_seed, self.y_final_strict = train_protocol(task)
         self.drop_policy = task.get("drop_policy", "kept")
         if self.drop_policy not in DROP_POLICIES:
             raise ConfigError(f"config key 'task.drop_policy': expected one of {DROP_POLICIES}, got "

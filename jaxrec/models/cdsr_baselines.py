@@ -42,7 +42,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.models.c2dsr import accumulate_by_domain, eval_protocol, rank_outputs, two_domain_sizes
+from jaxrec.models.c2dsr import accumulate_by_domain, eval_protocol, rank_outputs, train_protocol, two_domain_sizes
 from jaxrec.models.sasrec import PAD_ID, SeqRecTask
 from jaxrec.registry import register_task
 
@@ -151,8 +151,8 @@ class CDSRSASRecTask(SeqRecTask):
             raise ConfigError(f"config key 'task.loss': expected 'softmax', 'sampled_softmax' or 'bce', "
                               f"got {self.loss_type!r}")
         self.num_loss_negatives = int(task.get("num_loss_negatives", 1))
-        self.y_final_strict = bool(task.get("y_final_strict", True))
-        self.corrupt_seed = int(task.get("corrupt_seed", 2040))  # only seeds KeptRecords' padding choice
+        # corrupt_seed only seeds KeptRecords' padding choice here (lambda_ / loss_positions are C2DSR's own)
+        _, _, self.corrupt_seed, self.y_final_strict = train_protocol(task)
         ev = cfg.eval
         self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
         self.table = None

@@ -96,7 +96,7 @@ import numpy as np
 from jaxrec.kernels import attention, losses
 from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, head_capacity,
                                 head_slot_counts, load_train_records, rank_two_views, supervised_positions, take_at,
-                                two_domain_sizes, two_view_inputs)
+                                train_protocol, two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -422,10 +422,7 @@ class CDSRNPTask:
         self.model = build_model(cfg, self.num_x, self.num_y)
         self.max_len = int(self.model.max_len)
         task = cfg.task
-        self.lambda_ = float(task.get("lambda_", 0.7))
-        if not 0.0 <= self.lambda_ <= 1.0:
-            raise ConfigError(f"config key 'task.lambda_': expected a value in [0, 1], got {self.lambda_}")
-        self.loss_positions = int(task.get("loss_positions", 10))
+        self.lambda_, self.loss_positions, corrupt_seed, y_final_strict = train_protocol(task)
         self.query_size = int(task.get("query_size", 64))
         self.support_size = int(task.get("support_size", 32))
         self.support_loss_weight = float(task.get("support_loss_weight", 0.0))
@@ -449,8 +446,8 @@ class CDSRNPTask:
         if train_records is None:
             train_records = load_train_records(data_info)
         self.table = nt.build_train_table(
-            train_records, self.num_x, self.num_y, self.max_len, int(task.get("corrupt_seed", 2040)),
-            bool(task.get("y_final_strict", True)), float(task.get("overlap_ratio", 1.0)),
+            train_records, self.num_x, self.num_y, self.max_len, corrupt_seed, y_final_strict,
+            float(task.get("overlap_ratio", 1.0)),
             int(task.get("overlap_seed", 0)))
         if self.table.support_rows.size < self.support_size:
             raise ConfigError(f"config key 'task.support_size': {self.support_size} > the "
