@@ -732,3 +732,15 @@ def test_train_protocol_defaults_and_errors():
         c2dsr_lib.train_protocol(ml_collections.ConfigDict(dict(lambda_=1.5)))
     with pytest.raises(ConfigError, match="task.loss_positions"):
         c2dsr_lib.train_protocol(ml_collections.ConfigDict(dict(loss_positions=-1)))
+
+
+def test_nonoverlap_keep_option():
+    import ml_collections
+
+    from jaxrec.config import ConfigError
+
+    assert c2dsr_lib.nonoverlap_keep_option(ml_collections.ConfigDict()) == "target_domain"
+    assert c2dsr_lib.nonoverlap_keep_option(ml_collections.ConfigDict(dict(nonoverlap_keep="other_domain"))) == \
+        "other_domain"
+    with pytest.raises(ConfigError, match="eval.nonoverlap_keep"):
+        c2dsr_lib.nonoverlap_keep_option(ml_collections.ConfigDict(dict(nonoverlap_keep="both")))

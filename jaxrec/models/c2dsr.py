@@ -538,6 +538,18 @@ def eval_protocol(ev) -> tuple[int, int, bool, bool]:
             bool(ev.get("exclude_history", False)), bool(ev.get("full_ranking", True)))
 
 
+def nonoverlap_keep_option(ev) -> str:
+    """``eval.nonoverlap_keep`` ["target_domain" | "other_domain"]: which domain the non-overlapped evaluation
+    view keeps in the history (shared by the C2DSR and CDSRNP tasks)."""
+    from jaxrec.config import ConfigError
+
+    keep = ev.get("nonoverlap_keep", "target_domain")
+    if keep not in ("target_domain", "other_domain"):
+        raise ConfigError(f"config key 'eval.nonoverlap_keep': expected 'target_domain' or 'other_domain', "
+                          f"got {keep!r}")
+    return keep
+
+
 def load_train_records(data_info) -> list:
     """The training split's records of a prepared dataset (TFDS directory, else the catalogue)."""
     from jaxrec.data.pipeline import read_records
@@ -603,10 +615,7 @@ class C2DSRTask:
         ev = cfg.eval
         self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
         self.nonoverlap_view = bool(ev.get("nonoverlap_view", False))
-        self.nonoverlap_keep = ev.get("nonoverlap_keep", "target_domain")
-        if self.nonoverlap_keep not in ("target_domain", "other_domain"):
-            raise ConfigError(f"config key 'eval.nonoverlap_keep': expected 'target_domain' or 'other_domain', "
-                              f"got {self.nonoverlap_keep!r}")
+        self.nonoverlap_keep = nonoverlap_keep_option(ev)
 
         if train_records is None:
             train_records = load_train_records(data_info)

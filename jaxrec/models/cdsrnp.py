@@ -95,8 +95,8 @@ import numpy as np
 
 from jaxrec.kernels import attention, losses
 from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, head_capacity,
-                                head_slot_counts, load_train_records, rank_two_views, supervised_positions, take_at,
-                                train_protocol, two_domain_sizes, two_view_inputs)
+                                head_slot_counts, load_train_records, nonoverlap_keep_option, rank_two_views,
+                                supervised_positions, take_at, train_protocol, two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -438,10 +438,7 @@ class CDSRNPTask:
         self.num_episodes = batch // self.query_size
         ev = cfg.eval
         self.num_negatives, self.negatives_seed, self.exclude_history, self.full_ranking = eval_protocol(ev)
-        self.nonoverlap_keep = ev.get("nonoverlap_keep", "target_domain")
-        if self.nonoverlap_keep not in ("target_domain", "other_domain"):
-            raise ConfigError(f"config key 'eval.nonoverlap_keep': expected 'target_domain' or 'other_domain', "
-                              f"got {self.nonoverlap_keep!r}")
+        self.nonoverlap_keep = nonoverlap_keep_option(ev)
 
         if train_records is None:
             train_records = load_train_records(data_info)
