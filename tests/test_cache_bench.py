@@ -35,3 +35,15 @@ def test_quality_rows_resume(tmp_path):
     again = bench.quality([("kv_fresh1", 1, 4)], STREAM, log=logs.append, **kw)
     assert again[0]["gauc"] == first[0]["gauc"] and again[0]["seconds"] == first[0]["seconds"]
     assert any("unreadable row" in m for m in logs) and any("from" in m for m in logs)
+
+
+def test_latency_rows_time_the_compile_and_the_store_bytes():
+    logs = []
+    rows = bench.latency([("kv", 1, 4, 8), ("none", 1, 4, 8)], batch=4, repeats=2, log=logs.append)
+    assert [r["mode"] for r in rows] == ["kv", "none"]
+    for r in rows:
+        assert r["compile_s"] > 0 and r["median_ms"] > 0 and r["requests_per_s"] > 0
+    kv = rows[0]
+    assert kv["store_value_bytes"] == kv["store_value_bytes_formula"] and kv["hit_rate"] == 1.0
+    assert "store_value_bytes" not in rows[1]  # no cache without one
+    assert len(logs) == 2 and "compile" in logs[0] and "kv L=1 n=4 d=8" in logs[0]

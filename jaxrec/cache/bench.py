@@ -154,9 +154,10 @@ def _cfg(mode: str, L: int, n: int, d: int, *, capacity: int, ways: int = 16, he
     return c
 
 
-def latency(configs, batch: int = 256, repeats: int = 10, seed: int = 0) -> list[dict]:
+def latency(configs, batch: int = 256, repeats: int = 10, seed: int = 0, log=None) -> list[dict]:
     """Median wall time of one jitted serving step (lookup, score, write; store donated) for ``batch`` requests
-    whose ``n`` history entries are all in the store, plus the store's bytes against the formula."""
+    whose ``n`` history entries are all in the store, plus the store's bytes against the formula. Each row also
+    has ``compile_s`` (the first call: trace + compile + one step), logged per configuration with ``log``."""
     from jaxrec.models import marm as M
     from jaxrec.models.marm import MARMRankingTask
 
@@ -192,8 +193,10 @@ def latency(configs, batch: int = 256, repeats: int = 10, seed: int = 0) -> list
             store = jax.jit(lambda s, k, v: s.write(k, v))(store, keys, vals)
             state = {"marm_cache": store}
         serve = jax.jit(task.serve, donate_argnums=1)
+        t0 = time.perf_counter()
         out, state = serve(params, state, b)  # compile + warm-up
         jax.block_until_ready(out)
+        compile_s = time.perf_counter() - t0
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -201,7 +204,7 @@ def latency(configs, batch: int = 256, repeats: int = 10, seed: int = 0) -> list
             jax.block_until_ready((out, state))
             times.append(time.perf_counter() - t)
         med = statistics.median(times)
-        row = {"mode": mode, "L": L, "n": n, "d": d, "batch": batch, "median_ms": 1e3 * med,
+        row = {"mode": mode, "L": L, "n": n, "d": d, "batch": batch, "compile_s": compile_s, "median_ms": 1e3 * med,
                "us_per_request": 1e6 * med / batch, "requests_per_s": batch / med,
                "flops_per_request": M.sequence_flops(n, d, L, 4, mode)}
         if "marm_cache" in state:
@@ -211,6 +214,8 @@ def latency(configs, batch: int = 256, repeats: int = 10, seed: int = 0) -> list
                        store_total_bytes=st.nbytes(), hit_rate=st.stats_dict()["hit_rate"],
                        cache_bytes_per_user_fp32=4 * M.cache_values_per_user(n, d, L, mode))
         rows.append(row)
+        if log is not None:
+            log(f"marm bench: latency {mode} L={L} n={n} d={d}: compile {compile_s:.1f} s, median {1e3 * med:.2f} ms")
     return rows
 
 
@@ -421,7 +426,7 @@ def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/res
         res["flops_check"] = flops_check(g["check"])
     if "latency" in sections:
         log("marm bench: serve latency")
-        res["latency"] = latency(g["latency"], g["latency_batch"], g["latency_repeats"])
+        res["latency"] = latency(g["latency"], g["latency_batch"], g["latency_repeats"], log=log)
     if "quality" in sections:
         log("marm bench: quality on the synthetic stream")
         prev = jax.config.read("jax_disable_most_optimizations")
