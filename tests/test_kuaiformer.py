@@ -571,7 +571,8 @@ def test_experiment_configs_build_their_models():
     expect = {"": ("kuaiformer", 6, 55), "k1": ("kuaiformer", 1, 55), "k8": ("kuaiformer", 8, 55),
               "hist64": ("kuaiformer", 1, 64), "hist256_uncompressed": ("kuaiformer", 1, 256),
               "hist256_compressed": ("kuaiformer", 1, 55), "no_logq": ("kuaiformer", 6, 55),
-              "sasrec": ("sasrec", 1, 256), "two_tower": ("two_tower", 1, 1), "hist64,k6": ("kuaiformer", 6, 64)}
+              "sasrec": ("sasrec", 1, 256), "two_tower": ("two_tower", 1, 1), "hist64,k6": ("kuaiformer", 6, 64),
+              "k2,embedded": ("kuaiformer", 2, 64), "sasrec,embedded": ("sasrec", 1, 64)}
     for arg, (name, k, tokens) in expect.items():
         cfg = mod.get_config(arg or None)
         task = KF.KuaiFormerTask(cfg, fake_info(), vocab=make_vocab())
@@ -581,6 +582,9 @@ def test_experiment_configs_build_their_models():
             assert KF.compressed_length(cfg.model.max_len, cfg.model.compress) == tokens
         if arg == "no_logq":
             assert task.logq == "none"
+        if arg.endswith("embedded"):
+            assert cfg.data.name == "kuairand_embedded" and cfg.model.max_len == 64 and cfg.task.side_key == "tabs"
+            assert task.side_key == ("tabs" if name == "kuaiformer" else None)  # SASRec has no side feature
         assert task.train_flops_per_example() > 0
     with pytest.raises(ValueError, match="unknown config arg"):
         mod.get_config("k6,bogus")

@@ -1,0 +1,36 @@
+"""experiments/kuairand1k_popularity.py: the most-popular HR@K with ties broken at random in expectation."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "kuairand1k_popularity.py"
+_spec = importlib.util.spec_from_file_location("jaxrec_experiments_popularity", _PATH)
+pop = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pop)
+
+
+def _brute(train, targets, k, trials=20000, seed=0):
+    """Monte-Carlo reference: shuffle ties, rank by count, count hits."""
+    counts = np.bincount(train, minlength=max(train.max(), max(targets)) + 1)
+    items = np.flatnonzero(counts > 0)
+    rng = np.random.default_rng(seed)
+    hits = 0.0
+    for _ in range(trials // len(targets)):
+        order = items[np.lexsort((rng.random(items.size), -counts[items]))]
+        top = set(order[:k].tolist())
+        hits += sum(t in top for t in targets)
+    return hits / ((trials // len(targets)) * len(targets))
+
+
+def test_expected_hr_matches_random_tie_breaking_and_oov_is_a_miss():
+    train = np.array([1, 1, 1, 2, 2, 3, 3, 4, 5, 6])  # counts: 1:3, 2:2, 3:2, 4..6:1
+    targets = [1, 2, 4, 9]  # 9 never trained: OOV, always a miss
+    for k in (1, 2, 3, 5):
+        r = pop.popularity_hr(train, np.array(targets), ks=(k,))
+        assert r[f"hr@{k}"] == pytest.approx(_brute(train, targets, k), abs=0.01)
+    r = pop.popularity_hr(train, np.array(targets), ks=(2,))
+    # item 1 always in the top 2; item 2 ties with 3 for the second slot (1/2); item 4 never; 9 a miss
+    assert r["hr@2"] == pytest.approx((1 + 0.5) / 4) and r["target_in_vocab"] == 0.75 and r["catalogue"] == 6
