@@ -10,6 +10,11 @@ training occurrences (history and target, as ``jaxrec.models.kuaiformer.ItemVoca
 last view of each validation / test window (the KuaiFormer task's HR protocol) over that catalogue. Ties are broken
 at random in expectation: with ``g`` items more popular than the target and ``e`` others as popular, HR@K =
 ``clip((K - g) / (e + 1), 0, 1)``. A target outside the training vocabulary (OOV) is a miss, as in the task.
+
+Also printed, to show how much sequential signal there is to learn: the catalogue size and mean training occurrences
+per item, the share of held-out targets already in the user's history, and a second history-aware baseline --
+**last-item transitions**: items ranked by how often they followed the history's last item in the training
+sequences, the rest after them by popularity (ties by id; deterministic).
 """
 
 from __future__ import annotations
@@ -42,19 +47,56 @@ def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS) -> dict:
     return out
 
 
-def load_ids(data: str, raw_dir=None) -> tuple[np.ndarray, dict]:
-    """``(training occurrences, {split: held-out targets})`` of ``kuairand1k`` or ``kuairand_embedded``."""
+def transition_hr(train_seqs, histories, targets, ks=KS) -> dict:
+    """HR@k of the last-item-transition ranker (module docstring); ``train_seqs`` whole training sequences."""
+    import collections
+
+    trans: dict = collections.defaultdict(collections.Counter)
+    for seq in train_seqs:
+        for a, b in zip(seq[:-1].tolist(), seq[1:].tolist()):
+            trans[a][b] += 1
+    counts = collections.Counter(np.concatenate(train_seqs).tolist())
+    by_pop = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    kmax = max(ks)
+    hits = {k: 0 for k in ks}
+    for h, y in zip(histories, targets):
+        succ = sorted(trans[int(h[-1])].items(), key=lambda kv: (-kv[1], -counts[kv[0]], kv[0])) if len(h) else []
+        ranked = [i for i, _ in succ[:kmax]]
+        seen = set(ranked)
+        for i in by_pop:
+            if len(ranked) >= kmax:
+                break
+            if i not in seen:
+                ranked.append(i)
+        pos = ranked.index(int(y)) if int(y) in ranked else kmax
+        for k in ks:
+            hits[k] += pos < k
+    n = max(len(targets), 1)
+    return {f"hr@{k}": hits[k] / n for k in ks}
+
+
+def load_sequences(data: str, raw_dir=None) -> tuple[list, dict]:
+    """``(training sequences, {split: (histories, targets)})`` of ``kuairand1k`` or ``kuairand_embedded``
+    (a training sequence is a whole record ``items + [target]``)."""
     if data == "kuairand1k":
         d = read_kuairand1k(raw_dir)
+
+        def rows(t):
+            o = t.offsets
+            return [t.items[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+
         tr = d.tables["train"]
-        return np.concatenate([tr.items, tr.target]), {s: d.tables[s].target for s in ("valid", "test")}
+        train = [np.append(h, y) for h, y in zip(rows(tr), tr.target)]
+        return train, {s: (rows(d.tables[s]), d.tables[s].target) for s in ("valid", "test")}
     if data == "kuairand_embedded":
         from jaxrec.data.builders import embedded
 
         ev = embedded.read_events(raw_dir)
-        recs = list(embedded.split_records(ev, "train"))
-        train = np.concatenate([np.append(r["items"], r["target"]) for r in recs])
-        held = {s: np.array([r["target"] for r in embedded.split_records(ev, s)]) for s in ("valid", "test")}
+        train = [np.append(r["items"], r["target"]).astype(np.int64) for r in embedded.split_records(ev, "train")]
+        held = {}
+        for s in ("valid", "test"):
+            recs = list(embedded.split_records(ev, s))
+            held[s] = ([np.asarray(r["items"], np.int64) for r in recs], np.array([r["target"] for r in recs]))
         return train, held
     raise ValueError(f"--data: expected kuairand1k or kuairand_embedded, got {data!r}")
 
@@ -65,13 +107,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--raw_dir", default=None, help="the data folder (default: ../shared/data or the package)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     a = ap.parse_args(argv)
-    train_ids, held = load_ids(a.data, a.raw_dir)
-    res = {s: popularity_hr(train_ids, t, a.ks) for s, t in held.items()}
-    print("| split | targets | in vocabulary | " + " | ".join(f"HR@{k}" for k in a.ks) + " |")
-    print("|---|---|---|" + "---|" * len(a.ks))
-    for s, r in res.items():
-        print(f"| {s} | {r['targets']} | {100 * r['target_in_vocab']:.1f}% | "
-              + " | ".join(f"{r[f'hr@{k}']:.4f}" for k in a.ks) + " |")
+    train, held = load_sequences(a.data, a.raw_dir)
+    train_ids = np.concatenate(train)
+    n_items = np.unique(train_ids[train_ids > 0]).size
+    print(f"{a.data}: {len(train)} training sequences, {train_ids.size} occurrences of {n_items} items "
+          f"({train_ids.size / n_items:.2f} per item)")
+    res = {}
+    print("| split | ranker | targets | in vocabulary | target in history | "
+          + " | ".join(f"HR@{k}" for k in a.ks) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(a.ks))
+    for s, (hist, tgt) in held.items():
+        p = popularity_hr(train_ids, tgt, a.ks)
+        t = transition_hr(train, hist, tgt, a.ks)
+        in_hist = float(np.mean([int(y) in set(h.tolist()) for h, y in zip(hist, tgt)]))
+        res[s] = {"popularity": p, "transition": t, "target_in_history": in_hist}
+        for name, r in (("most popular", p), ("last-item transitions", t)):
+            print(f"| {s} | {name} | {p['targets']} | {100 * p['target_in_vocab']:.1f}% | {100 * in_hist:.1f}% | "
+                  + " | ".join(f"{r[f'hr@{k}']:.4f}" for k in a.ks) + " |")
     return res
 
 
