@@ -31,9 +31,9 @@ Ablations and baselines (``get_config(arg)``; comma-separated args compose, left
 
 ``embedded`` (compose it last) swaps the data for ``kuairand_embedded`` (KuaiRand-Pure click sequences shipped in
 the package: 7,807 users, 4,564 items, median 7 clicks, leave-one-out): raw history of 64 (no compression: no
-user has 256 clicks), side feature = the tab of each click, training cuts anywhere (``min_history`` 1), HR@{10,
-50, 100}, 10 epochs of 30 steps (validation every 60). A catalogue small enough for id embeddings to learn in minutes on a CPU, unlike
-KuaiRand-1K's ~730k ids seen 2.6 times each on average (see experiments/RESULTS.md).
+user has 256 clicks), side feature = the tab of each click, training cuts anywhere (``min_history`` 1),
+HR@{10, 50, 100}, 10 epochs of 30 steps (validation every 60). A catalogue small enough for id embeddings to
+learn in minutes on a CPU, unlike KuaiRand-1K's ~730k ids seen 2.6 times each on average (experiments/RESULTS.md).
 
 Every variant trains with the same loss (in-batch softmax + logQ + label smoothing), data, batch and evaluator.
 """
