@@ -2,66 +2,50 @@
 """Why validation and test scores differ on an LLM4CDSR-format domain pair: target popularity and history length of
 the validation and test users, per target domain (a Markdown table).
 
-    python experiments/cdsr_split_stats.py ../shared/data/llmcdsr/food-kitchen
+    python experiments/cdsr_split_stats.py                          # ../shared/data/llmcdsr/food-kitchen
+    python experiments/cdsr_split_stats.py --config llmcdsr_movie_book
 
-Reads ``train_overlap.txt``, ``train_A.txt``, ``train_B.txt`` (the training interactions), ``valid.txt`` and
-``test.txt`` (``user<TAB>id,id,...``, the last id is the target) and ``num.txt`` (the X item count: ids below it are
-domain X). Popularity = the number of training interactions with the target item; sampled-negative MRR rewards
-popular targets, so a split whose targets are rarer scores lower with the same model. ``pop_mrr`` makes that concrete:
-the MRR of a history-blind most-popular scorer (training popularity, ties counted half) ranking each target among
-999 negatives drawn uniformly (seeded, without the target) from its domain's items.
+Reads the pair with the catalogue's strict reader (``jaxrec.data.builders.cross_domain_seq.read_config``: checksums,
+id ranges, line counts). Popularity = the number of training interactions (``train_A`` + ``train_B`` +
+``train_overlap``, history and target) with the target item; sampled-negative MRR rewards popular targets, so a
+split whose targets are rarer scores lower with the same model. ``pop_mrr`` makes that concrete: the MRR of a
+history-blind most-popular scorer (training popularity, ties counted half) ranking each target among 999
+negatives drawn uniformly (seeded, without the target) from its domain's items.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import pathlib
 
 import numpy as np
 
-
-def read_sequences(path: pathlib.Path) -> list[list[int]]:
-    out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2 or not parts[1]:
-                raise ValueError(f"{path}:{lineno}: expected 'user<TAB>id,id,...', got {line[:80]!r}")
-            try:
-                out.append([int(x) for x in parts[1].split(",")])
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: item ids must be integers ({e})") from None
-    return out
+from jaxrec.data.builders.cross_domain_seq import CrossDomainData, read_config
 
 
-def split_stats(root: pathlib.Path, num_negatives: int = 999, seed: int = 0) -> list[dict]:
-    nums = [int(x) for x in (root / "num.txt").read_text().split()]
-    num_x, num_y = nums[0], nums[1]
+def split_stats(data: CrossDomainData, num_negatives: int = 999, seed: int = 0) -> list[dict]:
+    """One row per (split in valid/test, target domain) of a pair read by ``read_config``."""
     rng = np.random.default_rng(seed)
-    pop: collections.Counter = collections.Counter()
-    for name in ("train_overlap.txt", "train_A.txt", "train_B.txt"):
-        for seq in read_sequences(root / name):
-            pop.update(seq)
+    tr = data.tables["train"]
+    pop = np.bincount(np.concatenate([tr.items, tr.target]), minlength=data.num_items + 1)
     rows = []
     for split in ("valid", "test"):
-        seqs = read_sequences(root / f"{split}.txt")
-        for dom in ("X", "Y"):
-            in_dom = (lambda i: i < num_x) if dom == "X" else (lambda i: i >= num_x)
-            sel = [s for s in seqs if in_dom(s[-1])]
-            p = np.array([pop[s[-1]] for s in sel], float)
-            hist = np.array([len(s) - 1 for s in sel], float)
-            same = np.array([sum(in_dom(i) for i in s[:-1]) for s in sel], float)
-            lo, hi = (0, num_x) if dom == "X" else (num_x, num_x + num_y)
-            rr = []
-            for s in sel:
-                neg = rng.integers(lo, hi - 1, size=num_negatives)
-                neg = neg + (neg >= s[-1])  # never the target itself
-                pn = np.array([pop[int(i)] for i in neg])
-                pt = pop[s[-1]]
+        t = data.tables[split]
+        for d, name in enumerate(data.domain_names):
+            lo, hi = data.domain_item_ranges[name]  # inclusive ids
+            rr, hist, same, tgt = [], [], [], []
+            for i in np.flatnonzero(t.target_domain == d):
+                y = int(t.target[i])
+                h_dom = t.domains[t.offsets[i]:t.offsets[i + 1]]
+                hist.append(h_dom.size)
+                same.append(int((h_dom == d).sum()))
+                tgt.append(y)
+                neg = rng.integers(lo, hi, size=num_negatives)
+                neg = neg + (neg >= y)  # never the target itself
+                pn, pt = pop[neg], pop[y]
                 rr.append(1.0 / (1 + (pn > pt).sum() + 0.5 * (pn == pt).sum()))
-            rows.append(dict(split=split, domain=dom, users=len(sel), pop_median=float(np.median(p)),
-                             pop_mean=float(p.mean()), unseen=float((p == 0).mean()),
+            p = pop[np.asarray(tgt, np.int64)].astype(float)
+            rows.append(dict(split=split, domain="XY"[d] if len(data.domain_names) == 2 else name, users=len(tgt),
+                             pop_median=float(np.median(p)), pop_mean=float(p.mean()), unseen=float((p == 0).mean()),
                              hist_median=float(np.median(hist)), same_domain_hist_median=float(np.median(same)),
                              pop_mrr=float(np.mean(rr))))
     return rows
@@ -69,9 +53,10 @@ def split_stats(root: pathlib.Path, num_negatives: int = 999, seed: int = 0) -> 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("root", type=pathlib.Path, help="an LLM4CDSR domain-pair directory")
+    ap.add_argument("--config", default="llmcdsr_food_kitchen", help="an LLMCDSR pair config of cross_domain_seq")
+    ap.add_argument("--raw_dir", default=None, help="the pair's folder (default: under ../shared/data)")
     a = ap.parse_args(argv)
-    rows = split_stats(a.root)
+    rows = split_stats(read_config(a.config, a.raw_dir))
     print("| split | target domain | users | target popularity median | mean | unseen in training | history median "
           "| same-domain history median | most-popular MRR (999 neg.) |")
     print("|---|---|---|---|---|---|---|---|---|")
