@@ -47,8 +47,9 @@ def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS) -> dict:
     return out
 
 
-def transition_hr(train_seqs, histories, targets, ks=KS) -> dict:
-    """HR@k of the last-item-transition ranker (module docstring); ``train_seqs`` whole training sequences."""
+def transition_model(train_seqs) -> tuple[dict, dict, list]:
+    """``(transition counts {a: Counter(b)}, item counts, items by descending count then id)`` of whole training
+    sequences; built once and shared by every held-out split."""
     import collections
 
     trans: dict = collections.defaultdict(collections.Counter)
@@ -57,6 +58,12 @@ def transition_hr(train_seqs, histories, targets, ks=KS) -> dict:
             trans[a][b] += 1
     counts = collections.Counter(np.concatenate(train_seqs).tolist())
     by_pop = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return trans, counts, by_pop
+
+
+def transition_hr(model, histories, targets, ks=KS) -> dict:
+    """HR@k of the last-item-transition ranker (module docstring); ``model`` from :func:`transition_model`."""
+    trans, counts, by_pop = model
     kmax = max(ks)
     hits = {k: 0 for k in ks}
     for h, y in zip(histories, targets):
@@ -112,13 +119,13 @@ def main(argv=None) -> dict:
     n_items = np.unique(train_ids[train_ids > 0]).size
     print(f"{a.data}: {len(train)} training sequences, {train_ids.size} occurrences of {n_items} items "
           f"({train_ids.size / n_items:.2f} per item)")
-    res = {}
+    res, model = {}, transition_model(train)
     print("| split | ranker | targets | in vocabulary | target in history | "
           + " | ".join(f"HR@{k}" for k in a.ks) + " |")
     print("|---|---|---|---|---|" + "---|" * len(a.ks))
     for s, (hist, tgt) in held.items():
         p = popularity_hr(train_ids, tgt, a.ks)
-        t = transition_hr(train, hist, tgt, a.ks)
+        t = transition_hr(model, hist, tgt, a.ks)
         in_hist = float(np.mean([int(y) in set(h.tolist()) for h, y in zip(hist, tgt)]))
         res[s] = {"popularity": p, "transition": t, "target_in_history": in_hist}
         for name, r in (("most popular", p), ("last-item transitions", t)):

@@ -39,7 +39,8 @@ def test_expected_hr_matches_random_tie_breaking_and_oov_is_a_miss():
 def test_last_item_transitions_rank_successors_then_popularity():
     train = [np.array([1, 2, 3]), np.array([1, 2, 4]), np.array([5, 4, 4, 4])]  # 1->2 twice; 2->3, 2->4 once
     # history ending in 2: successors 4 (popular tie-break: 4 occurs 4 times) before 3; then popularity
-    r = pop.transition_hr(train, [np.array([7, 2]), np.array([1]), np.array([9])], np.array([3, 2, 4]), ks=(1, 2))
+    hist = [np.array([7, 2]), np.array([1]), np.array([9])]
+    r = pop.transition_hr(pop.transition_model(train), hist, np.array([3, 2, 4]), ks=(1, 2))
     # row 1: ranks [4, 3, ...] -> target 3 at position 2; row 2: [2, ...] -> hit@1; row 3: no successors of 9,
     # popularity order [4, 1, 2, ...] -> target 4 hit@1
     assert r == {"hr@1": 2 / 3, "hr@2": 1.0}
