@@ -7,17 +7,26 @@
 Config: ``experiments/c2dsr_food_kitchen.py`` (d = 256, 2 blocks, T = 15, batch 256, λ = 0.7, last 10
 positions supervised). Skipped with a message when ``../shared/data`` (or ``--data_dir``) has no food_kitchen.
 
-Training (side by side in one run, same real batches, same initial parameters):
+Training (side by side in one run, same real batches, same initial parameters), variants (``--variants``):
 
-* ``task.head_slots = "masked"`` (default): each vocabulary head evaluated on the weighted slots only,
-  compacted into the task's static capacities ``(C_X, C_Y)`` (rows of the X / Y head per batch);
-* ``"all"``: the original formulation, every head at every ``B x P`` slot.
+* ``all``: the straightforward formulation as the official code writes it -- every vocabulary head at every
+  ``B x P`` slot, the GCN over the whole item tables, threefry dropout masks (``task.head_slots="all"``,
+  ``task.gcn_rows="all"``, ``model.dropout_impl="threefry"``);
+* ``masked``: each vocabulary head evaluated on the weighted slots only, compacted into the task's static
+  capacities ``(C_X, C_Y)`` (``head_slots="masked"``);
+* ``masked+hash``: plus the counter-hash dropout masks (``dropout_impl="hash"``, :mod:`jaxrec.kernels.dropout`);
+* ``masked+rows``: plus the GCN only at the rows the batch reaches (``gcn_rows="batch"``);
+* ``fast``: masked heads + hash dropout + row-restricted GCN (the experiment config's default).
 
-Per variant (compiled first, then timed interleaved): median jitted train-step time (forward + backward + Adam, the engine's step), compile time,
-train examples/s, projected epoch time (``steps_per_epoch`` x step; the official epoch is 29 steps), analytic
-training GFLOP (``task.train_flops_per_example() x B``) and the achieved GFLOP/s against the f32 matmul rate
-measured in the same run; the ratio all / masked. Also the weighted-row counts per batch over one engine epoch
-against the capacities (how often the exact dense fallback would run).
+All variants compute the same loss (the masks of ``hash`` differ from ``threefry``'s, the rate is the same; the
+tests check equality of loss and gradients for the heads and the GCN rows).
+
+Per variant (compiled first, then timed interleaved): median jitted train-step time (forward + backward + Adam,
+the engine's step), compile time, train examples/s, projected epoch time (``steps_per_epoch`` x step; the
+official epoch is 29 steps), analytic training GFLOP (``task.train_flops_per_example() x B``) and the achieved
+GFLOP/s against the f32 matmul rate measured in the same run; the ratio of every variant's step to ``fast``'s.
+Also the weighted-row counts per batch over one engine epoch against the head capacities (how often the exact
+dense fallback would run) and the GCN edge capacities.
 
 Evaluation: the whole validation split through the engine's evaluation (jitted eval step + host transforms
 and per-domain accumulation), both protocols in one pass (999 sampled negatives + full ranking), wall time
@@ -46,16 +55,33 @@ OUT = ROOT / "benchmarks" / "results" / "c2dsr_food_kitchen.json"
 CONFIG = ROOT / "experiments" / "c2dsr_food_kitchen.py"
 
 
-def _variant(task, head_slots):
+VARIANTS = {
+    "all": dict(head_slots="all", dropout_impl="threefry", gcn_rows="all"),
+    "masked": dict(head_slots="masked", dropout_impl="threefry", gcn_rows="all"),
+    "masked+hash": dict(head_slots="masked", dropout_impl="hash", gcn_rows="all"),
+    "masked+rows": dict(head_slots="masked", dropout_impl="threefry", gcn_rows="batch"),
+    "fast": dict(head_slots="masked", dropout_impl="hash", gcn_rows="batch"),
+}
+
+
+def _variant(task, head_slots, dropout_impl, gcn_rows):
+    from jaxrec.models.c2dsr import gcn_edge_capacity
+
     t = copy.copy(task)
+    b = int(t.cfg.train.batch_size)
     t.head_slots = head_slots
-    t.head_capacities = t._head_capacities(int(t.cfg.train.batch_size))
+    t.head_capacities = t._head_capacities(b)
+    t.model = t.model.clone(dropout_impl=dropout_impl)
+    t.gcn_rows = gcn_rows
+    t.gcn_capacities = None if gcn_rows == "all" else gcn_edge_capacity(
+        t.table.arrays, t.graphs_np, t.model.num_nodes, b, corrupted=t.lambda_ != 1.0)
     return t
 
 
-def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> dict:
-    """Both variants compiled first, then timed *interleaved* (masked, all, masked, ...), so that a changing
-    background load hits both alike; medians per variant."""
+def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), num_batches: int = 3) -> dict:
+    """Every variant compiled first, then timed *interleaved* (one step of each in turn), so that a changing
+    background load hits all alike; medians per variant. ``all`` runs ``all_repeats`` steps, the rest
+    ``repeats``."""
     from jaxrec.train import steps as steps_lib
 
     task, part = exp.task, exp.partitioner
@@ -67,8 +93,8 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
     tx = exp.optimizer(1000)
     out = {"batch_size": B, "steps_per_epoch": spe, "variants": {}}
     runners, times, info = {}, {}, {}
-    for name in ("masked", "all"):
-        t = _variant(task, name)
+    for name in variants:
+        t = _variant(task, **VARIANTS[name])
         state, shardings = steps_lib.build_train_state(t, tx, part, 0, host[0])
         step = steps_lib.make_train_step(t, tx, part, shardings)
         holder = {"state": state, "i": 0}
@@ -84,18 +110,19 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
         info[name] = (t, time.perf_counter() - c0, float(m["loss"]))
         runners[name], times[name] = run, []
     for r in range(max(repeats, all_repeats)):
-        for name, reps in (("masked", repeats), ("all", all_repeats)):
-            if r < reps:
+        for name in variants:
+            if r < (all_repeats if name == "all" else repeats):
                 t0 = time.perf_counter()
                 runners[name]()
                 times[name].append(time.perf_counter() - t0)
                 print(name, round(times[name][-1], 3), os.getloadavg()[0], flush=True)
-    for name in ("masked", "all"):
+    for name in variants:
         t, compile_s, loss0 = info[name]
         sec = float(np.median(times[name]))
         flops = t.train_flops_per_example() * B
         out["variants"][name] = {
-            "head_capacities": list(t.head_capacities) if t.head_capacities else None,
+            **VARIANTS[name], "head_capacities": list(t.head_capacities) if t.head_capacities else None,
+            "gcn_edge_capacities": list(t.gcn_capacities) if t.gcn_capacities else None,
             "first_step_incl_compile_s": round(compile_s, 2), "step_s": round(sec, 4),
             "step_s_all_repeats": [round(x, 3) for x in times[name]],
             "train_examples_per_s": round(B / sec, 1), "projected_epoch_s": round(spe * sec, 1),
@@ -103,24 +130,39 @@ def bench_train(exp, repeats: int, all_repeats: int, num_batches: int = 3) -> di
             "first_loss": loss0}
         print(name, out["variants"][name], flush=True)
     v = out["variants"]
-    out["speedup_all_over_masked"] = round(v["all"]["step_s"] / v["masked"]["step_s"], 2)
-    out["gflop_ratio_all_over_masked"] = round(v["all"]["analytic_gflop_per_step"]
-                                               / v["masked"]["analytic_gflop_per_step"], 2)
+    ref = "fast" if "fast" in v else variants[-1]
+    out["step_ratio_over_" + ref] = {n: round(v[n]["step_s"] / v[ref]["step_s"], 2) for n in variants}
+    out["gflop_ratio_over_" + ref] = {n: round(v[n]["analytic_gflop_per_step"] / v[ref]["analytic_gflop_per_step"], 2)
+                                      for n in variants}
     # weighted rows per engine batch over one epoch vs the static capacities
     it2 = exp.train_iterator()
     p = task.supervised_positions
     rows = {"x": [], "y": []}
+    from jaxrec.models.c2dsr import GCN_STREAMS, gcn_edge_capacity
+
+    nv = task.model.num_nodes
+    degs = {g: np.bincount(np.asarray(task.graphs_np[g][1]), minlength=nv) for g in ("mixed", "single")}
+    edges = {"mixed": [], "x": [], "y": []}
     for _ in range(spe):
         b = next(it2)
         keep = np.asarray(b["keep"], bool)[:, None]
         for d in ("x", "y"):
             n = ((b[f"share_{d}_mask"][:, -p:] != 0) & keep).sum() + ((b[f"{d}_mask"][:, -p:] != 0) & keep).sum()
             rows[d].append(int(n))
+        for (name, g), keys in zip((("mixed", "mixed"), ("x", "single"), ("y", "single")), GCN_STREAMS):
+            ids = np.unique(np.concatenate([np.asarray(b[k]).ravel() for k in keys]))
+            edges[name].append(int(degs[g][ids].sum()))
     caps = task.head_capacities
     out["weighted_rows_per_batch"] = {
         d: {"candidate_rows": 2 * B * p, "capacity": int(caps[i]), "mean": round(float(np.mean(rows[d])), 1),
             "max": int(np.max(rows[d])), "batches_over_capacity": int(np.sum(np.array(rows[d]) > caps[i]))}
         for i, d in enumerate(("x", "y"))}
+    gcaps = gcn_edge_capacity(task.table.arrays, task.graphs_np, nv, B, corrupted=task.lambda_ != 1.0)
+    out["gcn_edges_per_batch"] = {
+        name: {"graph_edges": len(task.graphs_np["mixed" if name == "mixed" else "single"][0]),
+               "capacity": gcaps[i], "mean": round(float(np.mean(edges[name])), 1), "max": int(np.max(edges[name])),
+               "batches_over_capacity": int(np.sum(np.array(edges[name]) > gcaps[i]))}
+        for i, name in enumerate(("mixed", "x", "y"))}
     return out
 
 
@@ -159,6 +201,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="timed steps of the masked variant")
     p.add_argument("--all_repeats", type=int, default=3, help="timed steps of the (slow) all-slots variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
     p.add_argument("--eval_repeats", type=int, default=2)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--skip", choices=("train", "eval"), default=None)
@@ -182,7 +225,11 @@ def main(argv=None) -> dict:
     res["matmul_gflops_f32"] = {str(n): round(matmul_gflops(n), 1) for n in (1024, 2048)}
     peak = max(res["matmul_gflops_f32"].values())
     if a.skip != "train":
-        res["train"] = bench_train(exp, a.repeats, a.all_repeats)
+        names = tuple(v for v in a.variants.split(",") if v)
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or not names:
+            p.error(f"--variants: unknown {unknown}, expected a subset of {list(VARIANTS)}")
+        res["train"] = bench_train(exp, a.repeats, a.all_repeats, names)
         for v in res["train"]["variants"].values():
             v["fraction_of_matmul_peak"] = round(v["achieved_gflops"] / peak, 3)
     if a.skip != "eval":

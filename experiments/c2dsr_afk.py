@@ -15,6 +15,10 @@ Epochs. 7,144 training records; the official skip rule keeps 6,909 at T = 15 (ce
 steps per epoch) and all 7,144 at T = 50 (28 steps per epoch). The task's ``train_source`` hook
 (``task.drop_policy="kept"``) makes the engine's epoch the official one; 100 epochs, validation every 5
 (``train.eval_every`` counts steps: 5 x steps per epoch).
+
+Speed options as experiments/c2dsr_food_kitchen.py: masked heads, the row-restricted GCN (``task.gcn_rows``) and
+hash dropout masks (``model.dropout_impl``); ``--config.task.gcn_rows=all --config.model.dropout_impl=threefry``
+repeats the runs before 2026-11-29 exactly.
 """
 
 import ml_collections
@@ -30,11 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
         name="c2dsr", embed_dim=256, num_blocks=2, num_heads=1, max_len=max_len, dropout_rate=0.2, gnn_layers=1,
-        use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8))
+        use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8, dropout_impl="hash"))
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
-        head_capacity_sigmas=4.0))
+        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto"))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,

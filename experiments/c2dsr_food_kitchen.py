@@ -18,8 +18,13 @@ the batch size as the official loader pads its last batch, so an engine epoch is
 ceil(7354 / 256) = 29 steps. 100 epochs; validation (and checkpoints) every 5 epochs = every 145 steps
 (``train.eval_every`` counts steps).
 
-Training speed: ``task.head_slots="masked"`` (default) evaluates the four vocabulary heads only on the slots
-whose mask is set (same loss and gradients as ``"all"``); ``benchmarks/bench_c2dsr.py`` measures both.
+Training speed (``benchmarks/bench_c2dsr.py`` measures each against the straightforward formulation):
+``task.head_slots="masked"`` evaluates the four vocabulary heads only on the slots whose mask is set (same loss
+and gradients as ``"all"``); ``task.gcn_rows="batch"`` computes the GCN only at the item rows the batch reaches
+(same states as the whole tables; ``"all"`` = whole tables); ``model.dropout_impl="hash"`` draws every dropout
+mask with the counter hash of :mod:`jaxrec.kernels.dropout` instead of threefry (same rate, different random
+stream). Runs before 2026-11-29 used ``dropout_impl="threefry"`` and ``gcn_rows="all"``; pass those to repeat
+them exactly.
 
 Test-user groups: ``eval.nonoverlap_view`` also scores every user with the other domain hidden from the history
 (CDSRNP's non-overlapped view, ``nonoverlap/X/...`` etc.; ``--config.eval.nonoverlap_view=false`` to skip it).
@@ -39,11 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
         name="c2dsr", embed_dim=256, num_blocks=2, num_heads=1, max_len=15, dropout_rate=0.2, gnn_layers=1,
-        use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8))
+        use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8, dropout_impl="hash"))
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
-        head_capacity_sigmas=4.0))
+        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto"))
     c.data = ml_collections.ConfigDict(dict(name="llmcdsr/food_kitchen", cache=True))
     if arg == "c2dsr_vt":  # C2DSR's own files; every one of the 7,356 train lines is kept (measured): 29 steps too
         c.data.name = "c2dsr/food_kitchen_vt"

@@ -744,3 +744,60 @@ def test_nonoverlap_keep_option():
         "other_domain"
     with pytest.raises(ConfigError, match="eval.nonoverlap_keep"):
         c2dsr_lib.nonoverlap_keep_option(ml_collections.ConfigDict(dict(nonoverlap_keep="both")))
+
+
+@pytest.mark.parametrize("impl", ["threefry", "hash"])
+def test_row_restricted_gcn_equals_full_tables_in_training(setup, fns, impl):
+    """``task.gcn_rows="batch"``: the GCN computed only at the rows the batch reaches (auto capacity, and a tiny
+    one that takes the exact full fallback) gives the full tables' training loss and gradients, dropout
+    included (threefry: the whole-table mask; hash: the mask of the gathered sender rows)."""
+    task, params, _ = setup
+    model = task.model.clone(dropout_impl=impl)
+    batch, graphs = fns["batch"], task.graphs()
+    caps = c2dsr_lib.gcn_edge_capacity(task.table.arrays, task.graphs_np, model.num_nodes, 16, multiple=8)
+    assert all(0 < c <= len(task.graphs_np[g][0]) for c, g in zip(caps, ("mixed", "single", "single")))
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+
+    def run(cap):
+        return jax.jit(jax.value_and_grad(lambda p: model.apply(
+            {"params": p}, batch, graphs, train=True, loss_positions=5, gcn_capacity=cap,
+            method="training_losses", rngs=rngs)[0]["loss"]))(params)
+
+    prev = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        ref_loss, ref_grad = run(None)
+        for cap in (caps, (1, 1, 1)):
+            loss, grad = run(cap)
+            np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6, err_msg=str(cap))
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6,
+                                                                 err_msg=str(cap)), grad, ref_grad)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", prev)
+    # the dropout is on: a different key changes the loss
+    other = model.apply({"params": params}, batch, graphs, train=True, loss_positions=5, gcn_capacity=caps,
+                        method="training_losses", rngs={"dropout": jax.random.PRNGKey(4)})[0]["loss"]
+    assert abs(float(other) - float(ref_loss)) > 1e-6
+
+
+def test_gcn_rows_task_options(setup):
+    _, _, records = setup
+    t = c2dsr_lib.C2DSRTask(make_cfg(gcn_rows="batch"), synthetic_info(), train_records=records)
+    assert t.gcn_capacities is not None and len(t.gcn_capacities) == 3
+    assert t.train_flops_per_example() < c2dsr_lib.C2DSRTask(make_cfg(), synthetic_info(),
+                                                             train_records=records).train_flops_per_example() * 1.01
+    t = c2dsr_lib.C2DSRTask(make_cfg(gcn_rows="batch", gcn_edge_capacity=64), synthetic_info(), train_records=records)
+    assert t.gcn_capacities == (64, 64, 64)
+    from jaxrec.config import ConfigError
+
+    for kw, msg in ((dict(gcn_rows="some"), "task.gcn_rows"), (dict(gcn_edge_capacity=0), "task.gcn_edge_capacity")):
+        with pytest.raises(ConfigError, match=msg):
+            c2dsr_lib.C2DSRTask(make_cfg(**kw), synthetic_info(), train_records=records)
+    cfg = make_cfg()
+    cfg.model.dropout_impl = "philox"
+    with pytest.raises(ConfigError, match="model.dropout_impl"):
+        c2dsr_lib.C2DSRTask(cfg, synthetic_info(), train_records=records)
+    cfg = make_cfg(gcn_rows="batch")
+    cfg.model.gnn_layers = 2
+    with pytest.raises(ConfigError, match="gnn_layers"):
+        c2dsr_lib.C2DSRTask(cfg, synthetic_info(), train_records=records)

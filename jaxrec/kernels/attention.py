@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.kernels import dropout as dropout_lib
+
 Array = jax.Array
 
 __all__ = [
@@ -161,6 +163,7 @@ def dot_product_attention(
     deterministic: bool = True,
     return_weights: bool = False,
     precision=None,
+    dropout_impl: str = "threefry",
 ):
     """Scaled dot-product attention with a boolean mask and an optional additive bias.
 
@@ -181,6 +184,8 @@ def dot_product_attention(
       deterministic: if True, no dropout.
       return_weights: also return the float32 weights ``[B, H, Lq, Lk]`` (after dropout).
       precision: passed to the einsums.
+      dropout_impl: mask generator, ``"threefry"`` (``jax.random.bernoulli``) or ``"hash"``
+        (:mod:`jaxrec.kernels.dropout`).
 
     Returns:
       ``out [B, Lq, H, Dv]`` in the dtype of ``v`` (and the weights when ``return_weights``).
@@ -199,7 +204,7 @@ def dot_product_attention(
     if dropout_rate > 0.0 and not deterministic:
         if dropout_rng is None:
             raise ValueError("dot_product_attention: dropout_rng is required when dropout is active")
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        keep = dropout_lib.keep_mask(dropout_rng, weights.shape, 1.0 - dropout_rate, dropout_impl)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, precision=precision)
     if return_weights:

@@ -36,6 +36,9 @@ __all__ = [
     "symmetric_norm_weights",
     "c2dsr_norm_weights",
     "c2dsr_propagate",
+    "csr_row_ptr",
+    "propagate_rows",
+    "c2dsr_propagate_rows",
     "gcn_aggregate",
     "gin_aggregate",
     "edges_from_coo",
@@ -222,6 +225,81 @@ def c2dsr_propagate(emb, senders, receivers, norm_weight, biases, num_nodes=None
         h = spmm(senders, receivers, norm_weight, inp, num_nodes) + biases[layer]
         total = total + h
     return total / (num_layers + 1)
+
+
+def csr_row_ptr(receivers, num_nodes: int) -> np.ndarray:
+    """Host-side CSR offsets of an edge list *sorted by receiver*: ``ptr [N + 1]`` with the edges of row ``r`` at
+    ``ptr[r]:ptr[r + 1]`` (:func:`propagate_rows`). Raises if ``receivers`` is not sorted."""
+    r = np.asarray(receivers, np.int64)
+    if r.size and (np.any(np.diff(r) < 0) or r[0] < 0 or r[-1] >= num_nodes):
+        raise ValueError("csr_row_ptr: receivers must be sorted and in [0, num_nodes)")
+    return np.searchsorted(r, np.arange(num_nodes + 1), side="left").astype(np.int32)
+
+
+def propagate_rows(source, rows, senders, receivers, weight, row_ptr, *, edge_capacity: int, message_fn=None):
+    """Rows ``rows`` of ``A @ msg(source)`` (``"sum"`` propagation) touching only the edges into those rows.
+
+    ``out[u] = sum_{e: receivers[e] = rows[u]} weight[e] * msg(source[senders[e]])`` where ``msg`` is
+    ``message_fn(gathered [n, D], sender_ids [n]) -> [n, D]`` (default identity; e.g. a dropout whose mask is
+    a pure function of the sender row, :mod:`jaxrec.kernels.dropout` ``impl="hash"``). The edges must be sorted
+    by receiver with CSR offsets ``row_ptr [N + 1]`` (:func:`csr_row_ptr`); ``rows [U]`` (int, repeats allowed
+    but each repeat costs its edges again) picks the output rows.
+
+    The edges of the requested rows are gathered into a static buffer of ``edge_capacity`` slots (owner of slot
+    ``k`` by ``searchsorted`` over the cumulative row degrees), so the cost is ``edge_capacity x D`` instead of
+    ``E x D``. A call whose rows hold more edges than ``edge_capacity`` runs the exact full propagation
+    instead (``lax.cond``; ``message_fn`` then sees the whole table with ``sender_ids = arange(N)``): no edge is
+    ever dropped, the capacity only sets the speed. Returns ``[U, D]``; equal to
+    ``propagate(msg(source), senders, receivers, weight)[rows]`` up to float summation order.
+    """
+    source = jnp.asarray(source)
+    rows = jnp.asarray(rows, jnp.int32)
+    senders = jnp.asarray(senders, jnp.int32)
+    receivers = jnp.asarray(receivers, jnp.int32)
+    weight = jnp.asarray(weight, source.dtype)
+    row_ptr = jnp.asarray(row_ptr, jnp.int32)
+    n, u_len = source.shape[0], rows.shape[0]
+    msg = message_fn if message_fn is not None else (lambda h, ids: h)
+    cap = int(edge_capacity)
+    if u_len == 0 or senders.shape[0] == 0:
+        return jnp.zeros((u_len,) + source.shape[1:], source.dtype)
+    deg = row_ptr[rows + 1] - row_ptr[rows]
+    ends = jnp.cumsum(deg)
+    starts = ends - deg
+    total = ends[-1]
+
+    def restricted(source):
+        k = jnp.arange(cap, dtype=jnp.int32)
+        owner = jnp.clip(jnp.searchsorted(ends, k, side="right"), 0, u_len - 1).astype(jnp.int32)
+        live = k < total
+        e = jnp.where(live, row_ptr[rows[owner]] + (k - starts[owner]), 0)
+        src = senders[e]
+        m = msg(source[src], src)
+        w = jnp.where(live, weight[e], 0).reshape((cap,) + (1,) * (source.ndim - 1))
+        return jax.ops.segment_sum(m * w, owner, u_len, indices_are_sorted=True)
+
+    def full(source):
+        return propagate(msg(source, jnp.arange(n, dtype=jnp.int32)), senders, receivers, weight, n)[rows]
+
+    if cap <= 0:
+        return full(source)
+    return jax.lax.cond(total <= cap, restricted, full, source)
+
+
+def c2dsr_propagate_rows(emb, rows, senders, receivers, norm_weight, row_ptr, bias, *, edge_capacity: int,
+                         message_fn=None, source=None):
+    """Rows ``rows`` of the one-layer :func:`c2dsr_propagate`: ``(emb[rows] + (Â @ msg(source))[rows] + b) / 2``
+    through :func:`propagate_rows` (only the edges into ``rows``; exact full fallback above ``edge_capacity``).
+
+    ``source`` (default ``emb``): the table messages are gathered from (e.g. an already dropped-out table);
+    ``message_fn``: per-message transform (e.g. hash dropout of the sender rows); ``bias [D]`` or ``[1, D]``.
+    Equal to ``c2dsr_propagate(emb, ..., [bias], dropout_fn)[rows]`` when ``msg(source)`` equals the dropout of
+    the whole table at the same rows. Returns ``[U, D]``.
+    """
+    bias = jnp.asarray(bias).reshape(emb.shape[1:])
+    agg = propagate_rows(emb if source is None else source, rows, senders, receivers, norm_weight, row_ptr,
+                         edge_capacity=edge_capacity, message_fn=message_fn)
+    return (jnp.asarray(emb)[jnp.asarray(rows, jnp.int32)] + agg + bias) / 2
 
 
 def gcn_aggregate(x, senders, receivers, num_nodes=None, add_self_loops=True, weight=None):

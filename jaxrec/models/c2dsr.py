@@ -43,6 +43,17 @@ exact dense fallback (``lax.cond``; no slot is ever dropped); ``"bound"`` = the 
 per-example counts (4,288 / 4,640 of 5,120 rows on food_kitchen: little saving); an int sets both. Loss and gradients equal
 the ``"all"`` formulation's up to float rounding (tests/test_c2dsr.py); ``"all"`` stays for comparison.
 
+Row-restricted GCN (``task.gcn_rows`` ["all" | "batch"]): the encoders only read ``H`` at the ids of the
+batch, so ``"batch"`` computes ``H`` at those rows only (:meth:`C2DSR.row_tables`,
+:func:`jaxrec.kernels.graph.c2dsr_propagate_rows`: distinct ids by ``jnp.unique`` with a static size, the edges
+into them gathered into a static capacity from :func:`gcn_edge_capacity` -- ``task.gcn_edge_capacity``
+["auto" = mean + 4 sd over 64 random batches] or an int -- with an exact full fallback above it). On
+food_kitchen a batch reaches ~72k of the mixed graph's 335k edges and ~15k / ~36k of the single-domain graph's
+326k. Same states as the whole tables (tests), dropout included: ``model.dropout_impl`` ["threefry" | "hash"]
+draws every dropout mask with JAX's threefry (the whole-table GCN mask, then gathered) or with the counter hash
+of :mod:`jaxrec.kernels.dropout` (a pure function of (key, element index), so only the gathered sender rows are
+drawn). Training only; evaluation uses the whole tables.
+
 Evaluation (eval mode, GCN once per batch; :meth:`C2DSR.score_states` on the encoder states, shared with
 CDSRNP): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
 (no PAD logit), target Y: ``lin_Y(F[:, -1] + F_Y[b, y_last])``; the mixed state at the *last position* plus
@@ -104,7 +115,9 @@ import numpy as np
 
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.kernels import graph as graph_lib
+from jaxrec.kernels import dropout as dropout_lib
 from jaxrec.kernels import losses, metrics
+from jaxrec.nn.dropout import Dropout
 from jaxrec.nn.transformer import TransformerStack, sasrec_config, torch_linear_init, uniform_init
 from jaxrec.registry import register_model, register_task
 
@@ -138,23 +151,26 @@ class C2DSREncoder(nn.Module):
     key_padding_mask: bool = False
     layer_norm_eps: float = 1e-8
     use_graph: bool = True
+    dropout_impl: str = "threefry"
 
     @nn.compact
-    def __call__(self, ids, positions, graph_table, table, *, train: bool = False):
-        """``graph_table`` (GCN output) and ``table`` (raw item table): ``[V, d]``."""
+    def __call__(self, ids, positions, graph_table, table, *, train: bool = False, graph_ids=None):
+        """``graph_table`` (GCN output) and ``table`` (raw item table): ``[V, d]``; with ``graph_ids [B, T]``
+        the GCN rows of ``ids`` are ``graph_table[graph_ids]`` (a row-restricted table, :meth:`C2DSR.__call__`)."""
         d = self.embed_dim
         pos_table = self.param("pos_embed", _part(_zero_row(nn.initializers.normal(1.0), 0), (None, "embed")),
                                (self.max_len, d))
         valid = ids != self.pad_id
         e = table[ids] * valid[..., None]  # padding_idx: the PAD row never contributes (nor gets a gradient)
-        z = (graph_table[ids] + e) if self.use_graph else e
+        z = (graph_table[ids if graph_ids is None else graph_ids] + e) if self.use_graph else e
         z = z * math.sqrt(d)
         z = z + pos_table[positions] * (positions != 0)[..., None]
-        z = nn.Dropout(self.dropout_rate)(z, deterministic=not train)
+        z = Dropout(self.dropout_rate, impl=self.dropout_impl)(z, deterministic=not train)
         z = z * valid[..., None]
         cfg = sasrec_config(d, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                             num_layers=self.num_blocks, epsilon=self.layer_norm_eps)
         cfg["mask_keys_with_valid"] = self.key_padding_mask
+        cfg["dropout_impl"] = self.dropout_impl
         return TransformerStack(**cfg, name="encoder")(z, valid, causal=True, deterministic=not train)
 
 
@@ -167,7 +183,8 @@ class C2DSR(nn.Module):
 
     Attributes: ``num_x``, ``num_y`` (NX, NY); ``embed_dim`` d [256]; ``num_blocks`` [2]; ``num_heads`` [1];
     ``max_len`` T [15]; ``dropout_rate`` [0.2]; ``gnn_layers`` [1]; ``use_graph`` [True];
-    ``key_padding_mask`` [False]; ``layer_norm_eps`` [1e-8].
+    ``key_padding_mask`` [False]; ``layer_norm_eps`` [1e-8]; ``dropout_impl`` ["threefry" | "hash"] (every
+    dropout's mask generator, :mod:`jaxrec.kernels.dropout`).
     """
 
     num_x: int
@@ -181,6 +198,7 @@ class C2DSR(nn.Module):
     use_graph: bool = True
     key_padding_mask: bool = False
     layer_norm_eps: float = 1e-8
+    dropout_impl: str = "threefry"
 
     @property
     def num_nodes(self) -> int:
@@ -200,10 +218,10 @@ class C2DSR(nn.Module):
         self.gnn_bias = self.param("gnn_bias", bias_init, (self.gnn_layers, d))
         self.gnn_bias_x = self.param("gnn_bias_x", bias_init, (self.gnn_layers, d))
         self.gnn_bias_y = self.param("gnn_bias_y", bias_init, (self.gnn_layers, d))
-        self.gnn_dropout = nn.Dropout(self.dropout_rate)
+        self.gnn_dropout = Dropout(self.dropout_rate, impl=self.dropout_impl)
         enc = dict(pad_id=self.pad_id, embed_dim=d, max_len=self.max_len, num_blocks=self.num_blocks,
                    num_heads=self.num_heads, dropout_rate=self.dropout_rate, key_padding_mask=self.key_padding_mask,
-                   layer_norm_eps=self.layer_norm_eps, use_graph=self.use_graph)
+                   layer_norm_eps=self.layer_norm_eps, use_graph=self.use_graph, dropout_impl=self.dropout_impl)
         self.enc = C2DSREncoder(**enc)
         self.enc_x = C2DSREncoder(**enc)
         self.enc_y = C2DSREncoder(**enc)
@@ -229,23 +247,80 @@ class C2DSR(nn.Module):
         drop = None if not train else (lambda h, layer: self.gnn_dropout(h, deterministic=False))
 
         def gcn(table, bias, key):
-            s, r, w = graphs[key]
+            s, r, w = graphs[key][:3]
             return graph_lib.c2dsr_propagate(table, s, r, w, bias, num_nodes=self.num_nodes, dropout_fn=drop)
 
         return (gcn(e, self.gnn_bias, "mixed"), gcn(ex, self.gnn_bias_x, "single"),
                 gcn(ey, self.gnn_bias_y, "single"), e, ex, ey)
 
+    def row_tables(self, graphs, ids, capacities, *, train: bool = True):
+        """GCN outputs at the rows a batch reaches only (``task.gcn_rows="batch"``): for each of the mixed, X and
+        Y tables ``(H_rows [U, d], index [B', T])`` with ``H[ids] == H_rows[index]``, plus the three PAD-masked
+        raw tables. ``ids = (mixed_ids, x_ids, y_ids)`` (the id arrays each table is looked up with; ``U`` = their
+        size, unique ids first, PAD-filled); ``capacities = (C_mixed, C_x, C_y)`` edge capacities of
+        :func:`jaxrec.kernels.graph.c2dsr_propagate_rows` (exact full fallback above them). Needs the CSR offsets
+        as a 4th element of each graph tuple (:meth:`C2DSRTask.graphs`) and ``gnn_layers == 1``. Dropout: the
+        same masks as :meth:`tables` -- threefry draws the whole table, hash only the gathered sender rows."""
+        if self.gnn_layers != 1 or not self.use_graph:
+            raise ValueError("C2DSR.row_tables needs gnn_layers == 1 and use_graph")
+        keep = (jnp.arange(self.num_nodes) != self.pad_id)[:, None]
+        e, ex, ey = self.item_emb * keep, self.item_emb_x * keep, self.item_emb_y * keep
+        out = []
+        for table, bias, key, idx, cap in ((e, self.gnn_bias, "mixed", ids[0], capacities[0]),
+                                           (ex, self.gnn_bias_x, "single", ids[1], capacities[1]),
+                                           (ey, self.gnn_bias_y, "single", ids[2], capacities[2])):
+            if len(graphs[key]) < 4:
+                raise ValueError(f"C2DSR.row_tables: graph {key!r} needs CSR offsets (senders, receivers, weight, "
+                                 "row_ptr), see C2DSRTask.graphs")
+            s, r, w, ptr = graphs[key]
+            flat = jnp.asarray(idx, jnp.int32).reshape(-1)
+            rows = jnp.unique(flat, size=flat.shape[0], fill_value=self.pad_id)
+            source, message_fn = table, None
+            if train and self.dropout_rate > 0.0:
+                if self.dropout_impl == "hash":
+                    message_fn = self._hash_row_dropout(self.gnn_dropout.rng_key())
+                else:
+                    source = self.gnn_dropout(table, deterministic=False)
+            h_rows = graph_lib.c2dsr_propagate_rows(table, rows, s, r, w, ptr, bias[0], edge_capacity=cap,
+                                                    message_fn=message_fn, source=source)
+            out.append((h_rows, jnp.searchsorted(rows, jnp.asarray(idx, jnp.int32)).astype(jnp.int32)))
+        return (*out, e, ex, ey)
+
+    def _hash_row_dropout(self, rng):
+        """``(rows [n, d], row ids [n]) -> dropped rows``: the hash mask of those rows of a whole ``[V, d]`` table
+        (element index ``row * d + col``, as :meth:`tables`' full-table draw with the same key)."""
+        cols = jnp.arange(self.embed_dim, dtype=jnp.uint32)
+
+        def message_fn(h, ids):
+            index = ids.astype(jnp.uint32)[:, None] * jnp.uint32(self.embed_dim) + cols
+            return dropout_lib.dropout(h, self.dropout_rate, rng, impl="hash", index=index)
+
+        return message_fn
+
     # ------------------------------------------------------------------------------------------ streams
-    def __call__(self, batch, graphs, *, train: bool = False, corrupted: bool = True):
+    def __call__(self, batch, graphs, *, train: bool = False, corrupted: bool = True, gcn_capacity=None):
         """Encoder states ``{"F", "F_X", "F_Y"[, "F_cx", "F_cy"]}`` ``[B, T, d]`` for a batch with
-        ``seq, x_seq, y_seq, pos, x_pos, y_pos`` (and ``corru_x, corru_y`` when ``corrupted``)."""
-        h, hx, hy, e, ex, ey = self.tables(graphs, train=train)
-        out = {"F": self.enc(batch["seq"], batch["pos"], h, e, train=train),
-               "F_X": self.enc_x(batch["x_seq"], batch["x_pos"], hx, ex, train=train),
-               "F_Y": self.enc_y(batch["y_seq"], batch["y_pos"], hy, ey, train=train)}
+        ``seq, x_seq, y_seq, pos, x_pos, y_pos`` (and ``corru_x, corru_y`` when ``corrupted``).
+
+        ``gcn_capacity = (C_mixed, C_x, C_y)``: compute the GCN only at the rows the batch reaches
+        (:meth:`row_tables`; same states as the full tables up to float rounding); None: full tables."""
+        if gcn_capacity is not None and self.use_graph:
+            mixed = [batch["seq"]] + ([batch["corru_x"], batch["corru_y"]] if corrupted else [])
+            (h, hi), (hx, hxi), (hy, hyi), e, ex, ey = self.row_tables(
+                graphs, (jnp.concatenate(mixed, 0), batch["x_seq"], batch["y_seq"]), gcn_capacity, train=train)
+            b = batch["seq"].shape[0]
+            gi = {"seq": hi[:b], "x_seq": hxi, "y_seq": hyi}
+            if corrupted:
+                gi["corru_x"], gi["corru_y"] = hi[b:2 * b], hi[2 * b:]
+        else:
+            h, hx, hy, e, ex, ey = self.tables(graphs, train=train)
+            gi = {}
+        out = {"F": self.enc(batch["seq"], batch["pos"], h, e, train=train, graph_ids=gi.get("seq")),
+               "F_X": self.enc_x(batch["x_seq"], batch["x_pos"], hx, ex, train=train, graph_ids=gi.get("x_seq")),
+               "F_Y": self.enc_y(batch["y_seq"], batch["y_pos"], hy, ey, train=train, graph_ids=gi.get("y_seq"))}
         if corrupted:
-            out["F_cx"] = self.enc(batch["corru_x"], batch["pos"], h, e, train=train)
-            out["F_cy"] = self.enc(batch["corru_y"], batch["pos"], h, e, train=train)
+            out["F_cx"] = self.enc(batch["corru_x"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_x"))
+            out["F_cy"] = self.enc(batch["corru_y"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_y"))
         return out
 
     # ------------------------------------------------------------------------------------------ heads
@@ -271,16 +346,17 @@ class C2DSR(nn.Module):
         return nn.meta.unbox(p["kernel"]), nn.meta.unbox(p["bias"])  # boxed when applied to raw init variables
 
     def training_losses(self, batch, graphs, *, train: bool = True, lambda_: float = 0.7,
-                        loss_positions: int = 10, head_slots: str = "masked", head_capacity=None):
+                        loss_positions: int = 10, head_slots: str = "masked", head_capacity=None,
+                        gcn_capacity=None):
         """All six loss terms, the total and the states. ``batch``: training keys (c2dsr_transforms).
 
         ``head_slots``: ``"masked"`` evaluates each vocabulary head only on the slots whose mask is set
         (:func:`masked_head_terms`; ``head_capacity = (C_X, C_Y)`` static row capacities, None = every slot);
         ``"all"`` is the original formulation (every head at every ``B * P`` slot, masked afterwards). The
         two give the same losses and gradients (up to float rounding). The losses are :meth:`loss_terms` on
-        this batch's encoder states.
+        this batch's encoder states. ``gcn_capacity``: row-restricted GCN (:meth:`__call__`).
         """
-        st = self(batch, graphs, train=train, corrupted=lambda_ != 1.0)
+        st = self(batch, graphs, train=train, corrupted=lambda_ != 1.0, gcn_capacity=gcn_capacity)
         keep = batch.get("keep")
         keep = jnp.ones(st["F"].shape[:1], jnp.float32) if keep is None else keep
         terms = self.loss_terms(st, batch, keep, lambda_=lambda_, loss_positions=loss_positions,
@@ -444,6 +520,35 @@ def masked_head_terms(fs, fds, share_tgt, share_w, tgt, w, head, pad_head, *, ca
                         head, pad_head)
 
 
+GCN_STREAMS = (("seq", "corru_x", "corru_y"), ("x_seq",), ("y_seq",))  # ids each GCN table is looked up with
+
+
+def gcn_edge_capacity(arrays, graphs_np, num_nodes: int, batch_size: int, *, corrupted: bool = True,
+                      sigmas: float = 4.0, samples: int = 64, seed: int = 0, multiple: int = 1024) -> tuple:
+    """Static edge capacities ``(C_mixed, C_x, C_y)`` of the row-restricted GCN (``task.gcn_rows="batch"``,
+    :meth:`C2DSR.row_tables`) from ``samples`` random batches of ``batch_size`` training rows (``arrays [K,
+    T]``, fixed ``seed``): per table the edges into the batch's distinct ids (mixed: ``seq`` and, when
+    ``corrupted``, ``corru_x, corru_y``; X: ``x_seq`` over the single-domain graph; Y: ``y_seq``), capacity =
+    ``mean + sigmas * std`` (at least the sampled maximum), rounded up to ``multiple`` and capped at the graph's
+    edge count. A batch above it runs the exact full propagation (``lax.cond``), so this only sets the speed."""
+    rng = np.random.default_rng(seed)
+    k = len(arrays["seq"])
+    degs = {g: np.bincount(np.asarray(graphs_np[g][1]), minlength=num_nodes) for g in ("mixed", "single")}
+    caps = []
+    for keys, g in zip(GCN_STREAMS, ("mixed", "single", "single")):
+        keys = keys if corrupted else keys[:1]
+        totals = []
+        for _ in range(samples):
+            sel = rng.choice(k, size=min(batch_size, k), replace=False)
+            ids = np.unique(np.concatenate([np.asarray(arrays[key])[sel].ravel() for key in keys]))
+            totals.append(int(degs[g][ids].sum()))
+        t = np.asarray(totals, np.float64)
+        cap = max(t.mean() + sigmas * t.std(), t.max())
+        cap = -(-math.ceil(cap) // multiple) * multiple
+        caps.append(int(min(cap, len(graphs_np[g][0]))))
+    return tuple(caps)
+
+
 def head_slot_counts(arrays, positions: int) -> dict:
     """Per training row: the weighted slots of each vocabulary head over the last ``positions`` positions,
     ``{"x": share_x_mask + x_mask, "y": share_y_mask + y_mask}`` summed per row (``[K]`` int; the counts
@@ -572,7 +677,8 @@ class C2DSRTask:
     ``task.loss_positions`` [10], ``task.corrupt_seed`` [2040], ``task.y_final_strict`` [True],
     ``task.drop_policy`` ["kept" | "resample" | "mask"], ``task.graph_lines`` ["all" | "kept"],
     ``task.head_slots`` ["masked" | "all"], ``task.head_capacity`` ["auto" | "bound" | int],
-    ``task.head_capacity_sigmas`` [4.0];
+    ``task.head_capacity_sigmas`` [4.0]; ``task.gcn_rows`` ["all" | "batch"], ``task.gcn_edge_capacity``
+    ["auto" | int] (module docstring);
     ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history`` [False]
     (full ranking only), ``eval.full_ranking`` [True]; ``eval.nonoverlap_view`` [False]: also score every
     evaluation user with the other domain hidden from the history (CDSRNP's non-overlapped view,
@@ -609,6 +715,18 @@ class C2DSRTask:
                               f"got {cap!r}")
         self.head_capacity_mode = cap
         self.head_capacity_sigmas = float(task.get("head_capacity_sigmas", 4.0))
+        self.gcn_rows = task.get("gcn_rows", "all")
+        if self.gcn_rows not in ("all", "batch"):
+            raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {self.gcn_rows!r}")
+        gcap = task.get("gcn_edge_capacity", "auto")
+        if not (gcap == "auto" or (isinstance(gcap, int) and not isinstance(gcap, bool) and gcap > 0)):
+            raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {gcap!r}")
+        if self.gcn_rows == "batch" and self.model.use_graph and int(self.model.gnn_layers) != 1:
+            raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got "
+                              f"{self.model.gnn_layers}")
+        if getattr(self.model, "dropout_impl", "threefry") not in dropout_lib.IMPLS:
+            raise ConfigError(f"config key 'model.dropout_impl': expected one of {dropout_lib.IMPLS}, got "
+                              f"{self.model.dropout_impl!r}")
         graph_lines = task.get("graph_lines", "all")
         if graph_lines not in ("all", "kept"):
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
@@ -626,6 +744,11 @@ class C2DSRTask:
             seqs = [s for s, k in zip(seqs, self.table.kept_flags) if k]
         self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
         self.head_capacities = self._head_capacities(int(cfg.train.batch_size))
+        self.gcn_capacities = None
+        if self.gcn_rows == "batch" and self.model.use_graph:
+            self.gcn_capacities = ((int(gcap),) * 3 if gcap != "auto" else gcn_edge_capacity(
+                self.table.arrays, self.graphs_np, self.model.num_nodes, int(cfg.train.batch_size),
+                corrupted=self.lambda_ != 1.0))
 
     @property
     def supervised_positions(self) -> int:
@@ -700,8 +823,12 @@ class C2DSRTask:
         return out
 
     def graphs(self) -> dict:
-        """The item graphs as jnp arrays (inside jit: compile-time constants)."""
-        return {k: tuple(jnp.asarray(a) for a in v) for k, v in self.graphs_np.items()}
+        """The item graphs as jnp arrays (inside jit: compile-time constants): ``(senders, receivers, weight,
+        row_ptr)`` per graph, edges sorted by receiver (``build_graphs``), ``row_ptr [V + 1]`` their CSR offsets
+        (the row-restricted GCN, ``task.gcn_rows="batch"``)."""
+        v = self.model.num_nodes
+        return {k: tuple(jnp.asarray(a) for a in (*g, graph_lib.csr_row_ptr(g[1], v)))
+                for k, g in self.graphs_np.items()}
 
     # ----------------------------------------------------------------------------------- model
     def init(self, rng, batch):
@@ -713,8 +840,8 @@ class C2DSRTask:
         variables = {"params": params, **model_state}
         terms, _ = self.model.apply(variables, batch, self.graphs(), train=True, lambda_=self.lambda_,
                                     loss_positions=self.loss_positions, head_slots=self.head_slots,
-                                    head_capacity=self.head_capacities, method="training_losses",
-                                    rngs={"dropout": rng})
+                                    head_capacity=self.head_capacities, gcn_capacity=self.gcn_capacities,
+                                    method="training_losses", rngs={"dropout": rng})
         loss = terms.pop("loss")
         return loss, (terms, model_state)
 
@@ -755,6 +882,8 @@ class C2DSRTask:
         # the GCN runs once per step over the three tables (mixed graph once, single-domain graph twice); its
         # cost is shared by the batch
         num_edges = len(self.graphs_np["mixed"][0]) + 2 * len(self.graphs_np["single"][0])
+        if self.gcn_capacities is not None:  # row-restricted GCN: edge capacities (the common, in-capacity branch)
+            num_edges = sum(self.gcn_capacities)
         gcn = 2.0 * d * num_edges * m.gnn_layers if m.use_graph else 0.0
         return flops_lib.training(passes * m.num_blocks * block + heads) + flops_lib.training(gcn) / max(
             int(self.cfg.train.batch_size), 1)

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention as attn_kernels
+from jaxrec.nn.dropout import Dropout
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -237,6 +238,7 @@ class MultiHeadAttention(nn.Module):
       num_heads: ``H``.
       head_dim: ``Dh`` (query/key/value head width).
       dropout_rate: dropout on the attention weights (needs the ``"dropout"`` rng when not deterministic).
+      dropout_impl: mask generator, "threefry" (flax/JAX default) or "hash" (:mod:`jaxrec.kernels.dropout`).
       use_rope: rotate queries and keys with RoPE (positions default to ``0..L-1``, or the cache offset when
         decoding).
       rope_base: RoPE frequency base.
@@ -252,6 +254,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
+    dropout_impl: str = "threefry"
     use_rope: bool = False
     rope_base: float = 10000.0
     use_bias: bool = False
@@ -324,6 +327,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=dropout_rng,
             deterministic=deterministic,
             precision=self.precision,
+            dropout_impl=self.dropout_impl,
         )
 
         cache_ready = False
@@ -388,13 +392,14 @@ class FeedForward(nn.Module):
     Attributes:
       hidden: ``F``, the hidden width.
       kind: "gelu" | "relu" | "swiglu".
-      dropout_rate: dropout on the hidden activations.
+      dropout_rate: dropout on the hidden activations; dropout_impl: its mask generator ("threefry" | "hash").
       use_bias, kernel_init, bias_init, out_features, dtype, param_dtype, precision: as usual.
     """
 
     hidden: int
     kind: str = "gelu"
     dropout_rate: float = 0.0
+    dropout_impl: str = "threefry"
     use_bias: bool = True
     out_features: int | None = None
     kernel_init: Initializer = default_kernel_init
@@ -428,7 +433,7 @@ class FeedForward(nn.Module):
             h = jax.nn.gelu(h, approximate=False)
         else:
             h = jax.nn.silu(dense(self.hidden, ("embed", "mlp"), "wi_gate")(x)) * h
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate, impl=self.dropout_impl)(h, deterministic=deterministic)
         return dense(features, ("mlp", "embed"), "wo")(h)
 
 
@@ -456,6 +461,8 @@ class _BlockFields(nn.Module):
       attention_output_dropout_rate: on the attention sub-layer output before the residual add (SASRec: 0).
       ffn_hidden_dropout_rate: inside the FFN, on the hidden activations.
       ffn_output_dropout_rate: on the FFN sub-layer output before the residual add.
+      dropout_impl: mask generator of every dropout, "threefry" (flax/JAX default, bit-identical to
+        ``flax.linen.Dropout``) or "hash" (:mod:`jaxrec.kernels.dropout`, far cheaper on CPU).
       mask_keys_with_valid: use ``valid`` as a key-padding mask (C2DSR parity: False, causal mask only).
       zero_padding_outputs: multiply the block output by ``valid`` (SASRec's timeline mask).
       kernel_init / out_kernel_init / bias_init: attention initialisers (see :class:`MultiHeadAttention`).
@@ -480,6 +487,7 @@ class _BlockFields(nn.Module):
     attention_output_dropout_rate: float | None = None
     ffn_hidden_dropout_rate: float | None = None
     ffn_output_dropout_rate: float | None = None
+    dropout_impl: str = "threefry"
     mask_keys_with_valid: bool = True
     zero_padding_outputs: bool = False
     kernel_init: Initializer = default_kernel_init
@@ -529,6 +537,7 @@ class TransformerBlock(_BlockFields):
             num_heads=self.num_heads,
             head_dim=self.head_dim,
             dropout_rate=self._rate(self.attention_dropout_rate),
+            dropout_impl=self.dropout_impl,
             use_rope=self.use_rope,
             rope_base=self.rope_base,
             use_bias=self.use_bias,
@@ -543,6 +552,7 @@ class TransformerBlock(_BlockFields):
             hidden=self.mlp_dim,
             kind=self.ffn_kind,
             dropout_rate=self._rate(self.ffn_hidden_dropout_rate),
+            dropout_impl=self.dropout_impl,
             use_bias=self.ffn_use_bias,
             kernel_init=self.ffn_kernel_init,
             bias_init=self.ffn_bias_init,
@@ -550,8 +560,8 @@ class TransformerBlock(_BlockFields):
             param_dtype=self.param_dtype,
             name="ffn",
         )
-        attn_drop = nn.Dropout(self._rate(self.attention_output_dropout_rate))
-        ffn_drop = nn.Dropout(self._rate(self.ffn_output_dropout_rate))
+        attn_drop = Dropout(self._rate(self.attention_output_dropout_rate), impl=self.dropout_impl)
+        ffn_drop = Dropout(self._rate(self.ffn_output_dropout_rate), impl=self.dropout_impl)
         key_valid = valid if self.mask_keys_with_valid else None
 
         def attend(h_q, h_kv=None):
