@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""C2DSR training-step and evaluation benchmark on llmcdsr/food_kitchen (official hyperparameters).
+"""C2DSR training-step and evaluation benchmark on llmcdsr/food_kitchen (official hyperparameters); also CDSRNP.
 
     python benchmarks/bench_c2dsr.py                 # a few minutes on 2 loaded CPU cores
     python benchmarks/bench_c2dsr.py --repeats 3 --all_repeats 2
+    python benchmarks/bench_c2dsr.py --config experiments/cdsrnp_food_kitchen.py --variants masked,fast --skip eval
 
 Config: ``experiments/c2dsr_food_kitchen.py`` (d = 256, 2 blocks, T = 15, batch 256, λ = 0.7, last 10
 positions supervised). Skipped with a message when ``../shared/data`` (or ``--data_dir``) has no food_kitchen.
@@ -65,16 +66,16 @@ VARIANTS = {
 
 
 def _variant(task, head_slots, dropout_impl, gcn_rows):
-    from jaxrec.models.c2dsr import gcn_edge_capacity
-
+    """A copy of the C2DSR or CDSRNP task with the variant's options (capacities recomputed by the task)."""
     t = copy.copy(task)
-    b = int(t.cfg.train.batch_size)
     t.head_slots = head_slots
-    t.head_capacities = t._head_capacities(b)
+    t.head_capacities = t._head_capacities(int(t.cfg.train.batch_size))
     t.model = t.model.clone(dropout_impl=dropout_impl)
     t.gcn_rows = gcn_rows
-    t.gcn_capacities = None if gcn_rows == "all" else gcn_edge_capacity(
-        t.table.arrays, t.graphs_np, t.model.num_nodes, b, corrupted=t.lambda_ != 1.0)
+    t.gcn_capacities = t._gcn_capacities()
+    if hasattr(t, "train_kwargs"):  # CDSRNP passes its options to the model through train_kwargs
+        t.train_kwargs = dict(t.train_kwargs, head_slots=head_slots, head_capacity=t.head_capacities,
+                              gcn_capacity=t.gcn_capacities)
     return t
 
 
@@ -119,21 +120,26 @@ def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), n
     for name in variants:
         t, compile_s, loss0 = info[name]
         sec = float(np.median(times[name]))
-        flops = t.train_flops_per_example() * B
+        # CDSRNP has no analytic FLOP count (its set encoder and adapters vary with the options): no GFLOP/s
+        flops = t.train_flops_per_example() * B if hasattr(t, "train_flops_per_example") else None
         out["variants"][name] = {
             **VARIANTS[name], "head_capacities": list(t.head_capacities) if t.head_capacities else None,
             "gcn_edge_capacities": list(t.gcn_capacities) if t.gcn_capacities else None,
             "first_step_incl_compile_s": round(compile_s, 2), "step_s": round(sec, 4),
             "step_s_all_repeats": [round(x, 3) for x in times[name]],
             "train_examples_per_s": round(B / sec, 1), "projected_epoch_s": round(spe * sec, 1),
-            "analytic_gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / sec / 1e9, 1),
+            "analytic_gflop_per_step": None if flops is None else round(flops / 1e9, 1),
+            "achieved_gflops": None if flops is None else round(flops / sec / 1e9, 1),
             "first_loss": loss0}
         print(name, out["variants"][name], flush=True)
     v = out["variants"]
     ref = "fast" if "fast" in v else variants[-1]
     out["step_ratio_over_" + ref] = {n: round(v[n]["step_s"] / v[ref]["step_s"], 2) for n in variants}
-    out["gflop_ratio_over_" + ref] = {n: round(v[n]["analytic_gflop_per_step"] / v[ref]["analytic_gflop_per_step"], 2)
-                                      for n in variants}
+    if v[ref]["analytic_gflop_per_step"]:
+        out["gflop_ratio_over_" + ref] = {
+            n: round(v[n]["analytic_gflop_per_step"] / v[ref]["analytic_gflop_per_step"], 2) for n in variants}
+    if hasattr(task, "train_kwargs"):  # CDSRNP: episodes of query + support rows, no per-batch row statistics
+        return out
     # weighted rows per engine batch over one epoch vs the static capacities
     it2 = exp.train_iterator()
     p = task.supervised_positions
@@ -205,22 +211,27 @@ def main(argv=None) -> dict:
     p.add_argument("--eval_repeats", type=int, default=2)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--skip", choices=("train", "eval"), default=None)
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--config", default=str(CONFIG), help="a C2DSR or CDSRNP experiment config (default: C2DSR "
+                   "on food_kitchen), e.g. experiments/cdsrnp_food_kitchen.py")
+    p.add_argument("--out", default=None, help=f"default {OUT.relative_to(ROOT)} (results/<config stem>.json for "
+                   "another --config)")
     a = p.parse_args(argv)
 
     from jaxrec.bench import _machine, matmul_gflops
     from jaxrec.config import load_config
     from jaxrec.train.run import Experiment
 
-    cfg = load_config(str(CONFIG), [])
+    config = pathlib.Path(a.config).resolve()
+    out_path = a.out or str(OUT if config == CONFIG.resolve() else OUT.parent / f"{config.stem}.json")
+    cfg = load_config(str(config), [])
     try:
         exp = Experiment(cfg, data_dir=a.data_dir)
     except Exception as e:  # noqa: BLE001 -- no shared data on a fresh clone
         print(f"bench_c2dsr: skipped, {cfg.data.name} not available ({type(e).__name__}: {e})")
         return {}
     load0 = os.getloadavg()
-    res = {"config": str(CONFIG.relative_to(ROOT)), "data": cfg.data.name, "machine": _machine(),
-           "loadavg_start": [round(x, 2) for x in load0], "kept_lines": exp.task.num_kept,
+    res = {"config": os.path.relpath(config, ROOT), "data": cfg.data.name, "machine": _machine(),
+           "loadavg_start": [round(x, 2) for x in load0], "kept_lines": getattr(exp.task, "num_kept", None),
            "train_source_len": len(exp.train_source())}
     res["matmul_gflops_f32"] = {str(n): round(matmul_gflops(n), 1) for n in (1024, 2048)}
     peak = max(res["matmul_gflops_f32"].values())
@@ -231,12 +242,13 @@ def main(argv=None) -> dict:
             p.error(f"--variants: unknown {unknown}, expected a subset of {list(VARIANTS)}")
         res["train"] = bench_train(exp, a.repeats, a.all_repeats, names)
         for v in res["train"]["variants"].values():
-            v["fraction_of_matmul_peak"] = round(v["achieved_gflops"] / peak, 3)
+            if v["achieved_gflops"] is not None:
+                v["fraction_of_matmul_peak"] = round(v["achieved_gflops"] / peak, 3)
     if a.skip != "eval":
         res["eval"] = bench_eval(exp, a.eval_repeats)
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(a.out).write_text(json.dumps(res, indent=1))
+    pathlib.Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(out_path).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
     return res
 

@@ -41,12 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         name="cdsrnp", embed_dim=16 if tiny else 256, num_blocks=1 if tiny else 2, num_heads=1, max_len=max_len,
         dropout_rate=0.2, gnn_layers=1, use_graph=True, key_padding_mask=False, layer_norm_eps=1e-8,
+        dropout_impl="hash",
         use_np=True, latent_dim=8 if tiny else 64, set_hidden_dim=16 if tiny else 256, latent_scope="episode",
         posterior="support_query", set_input="single", set_targets=True, adapt="film", adapt_pool="attention"))
     c.task = ml_collections.ConfigDict(dict(
         name="cdsrnp", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         query_size=nq, support_size=ns, exclude_query=True, episode_seed=0, support_loss_weight=0.0,
         kl_weight=1.0, kl_normalise="slots", head_slots="masked", head_capacity_sigmas=4.0,
+        gcn_rows="batch", gcn_edge_capacity="auto",
         overlap_ratio=ratio, overlap_seed=0))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(

@@ -744,11 +744,8 @@ class C2DSRTask:
             seqs = [s for s, k in zip(seqs, self.table.kept_flags) if k]
         self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
         self.head_capacities = self._head_capacities(int(cfg.train.batch_size))
-        self.gcn_capacities = None
-        if self.gcn_rows == "batch" and self.model.use_graph:
-            self.gcn_capacities = ((int(gcap),) * 3 if gcap != "auto" else gcn_edge_capacity(
-                self.table.arrays, self.graphs_np, self.model.num_nodes, int(cfg.train.batch_size),
-                corrupted=self.lambda_ != 1.0))
+        self.gcn_edge_capacity_mode = gcap
+        self.gcn_capacities = self._gcn_capacities()
 
     @property
     def supervised_positions(self) -> int:
@@ -771,6 +768,17 @@ class C2DSRTask:
         sig = None if self.head_capacity_mode == "bound" else self.head_capacity_sigmas
         counts = self.head_slot_counts()
         return tuple(head_capacity(counts[d], batch_size, sigmas=sig) for d in ("x", "y"))
+
+    def _gcn_capacities(self):
+        """``(C_mixed, C_x, C_y)`` edge capacities of the row-restricted GCN for ``task.gcn_rows="batch"``
+        (:func:`gcn_edge_capacity` over the kept training rows, or ``task.gcn_edge_capacity`` when an int), None
+        for ``"all"`` (whole tables)."""
+        if self.gcn_rows != "batch" or not self.model.use_graph:
+            return None
+        if self.gcn_edge_capacity_mode != "auto":
+            return (int(self.gcn_edge_capacity_mode),) * 3
+        return gcn_edge_capacity(self.table.arrays, self.graphs_np, self.model.num_nodes,
+                                 int(self.cfg.train.batch_size), corrupted=self.lambda_ != 1.0)
 
     # ----------------------------------------------------------------------------------- data
     @property

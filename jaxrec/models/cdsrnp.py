@@ -53,6 +53,10 @@ on the adapted states with the query/support row weights; only the KL term is ad
         ``task.head_slots`` ["masked"]: C2DSR's masked vocabulary heads (:func:`c2dsr.masked_head_terms`: the
         heads run only on weighted slots -- non-overlapped users have none in the other domain -- compacted
         to a static capacity from the training table, exact dense fallback above it; same sums as "all")
+      * speed options shared with C2DSR (same states and losses): ``task.gcn_rows`` ["all" | "batch"] computes
+        the GCN only at the item rows the step's query + support rows reach (``task.gcn_edge_capacity``
+        ["auto" | int]; :meth:`C2DSR.row_tables`), ``model.dropout_impl`` ["threefry" | "hash"] the dropout
+        mask generator (:mod:`jaxrec.kernels.dropout`)
       * infomax (``kernels.losses.bilinear_infomax_loss``) on the un-adapted encoder states, only over
         overlapped query rows (it needs both streams; ``loss_terms``' ``infomax_states`` / ``infomax_rows``);
         ``task.lambda_`` [0.7]
@@ -94,8 +98,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, head_capacity,
-                                head_slot_counts, load_train_records, nonoverlap_keep_option, rank_two_views,
+from jaxrec.kernels import dropout as dropout_lib
+from jaxrec.kernels import graph as graph_lib
+from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, gcn_edge_capacity,
+                                head_capacity, head_slot_counts, load_train_records, nonoverlap_keep_option, rank_two_views,
                                 supervised_positions, take_at, train_protocol, two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
@@ -234,6 +240,7 @@ class CDSRNP(nn.Module):
     use_graph: bool = True
     key_padding_mask: bool = False
     layer_norm_eps: float = 1e-8
+    dropout_impl: str = "threefry"
     use_np: bool = True
     latent_dim: int = 64
     set_hidden_dim: int = 256
@@ -258,7 +265,8 @@ class CDSRNP(nn.Module):
         self.base = C2DSR(num_x=self.num_x, num_y=self.num_y, embed_dim=self.embed_dim,
                           num_blocks=self.num_blocks, num_heads=self.num_heads, max_len=self.max_len,
                           dropout_rate=self.dropout_rate, gnn_layers=self.gnn_layers, use_graph=self.use_graph,
-                          key_padding_mask=self.key_padding_mask, layer_norm_eps=self.layer_norm_eps)
+                          key_padding_mask=self.key_padding_mask, layer_norm_eps=self.layer_norm_eps,
+                          dropout_impl=self.dropout_impl)
         if self.use_np:
             vmapped = nn.vmap(EpisodeLatent, variable_axes={"params": None}, split_rngs={"params": False},
                               in_axes=0, out_axes=0, methods=["__call__", "prior"])
@@ -311,10 +319,11 @@ class CDSRNP(nn.Module):
     def training_losses(self, batch, graphs, *, num_episodes: int = 1, train: bool = True, sample: bool = True,
                         lambda_: float = 0.7, loss_positions: int = 10, support_loss_weight: float = 0.0,
                         kl_weight: float = 1.0, kl_normalise: str = "slots", head_slots: str = "all",
-                        head_capacity=None):
+                        head_capacity=None, gcn_capacity=None):
         """Loss terms (scalars) of one step of ``num_episodes`` episodes. ``batch``: query rows unprefixed
         (C2DSR training keys + ``keep, overlap, last_item, x_last, y_last, has_x, has_y``), support rows
-        prefixed ``s_``. ``sample``: reparameterised z (False: posterior mean)."""
+        prefixed ``s_``. ``sample``: reparameterised z (False: posterior mean). ``gcn_capacity``: C2DSR's
+        row-restricted GCN over the step's query + support rows (:meth:`C2DSR.__call__`)."""
         infomax = lambda_ != 1.0
         rq = batch["seq"].shape[0]
         with_support = self.use_np or support_loss_weight > 0
@@ -323,7 +332,7 @@ class CDSRNP(nn.Module):
                     for k in batch if ("s_" + k) in batch}
         else:
             rows = batch
-        st = self.base(rows, graphs, train=train, corrupted=infomax)
+        st = self.base(rows, graphs, train=train, corrupted=infomax, gcn_capacity=gcn_capacity)
         if self.use_np:
             feats = self.user_features(st, rows)
             mu_p, lv_p, mu_q, lv_q = self.episode_latents(batch, feats[:rq], feats[rq:], num_episodes)
@@ -456,10 +465,25 @@ class CDSRNPTask:
         self.head_slots = task.get("head_slots", "masked")
         if self.head_slots not in ("masked", "all"):
             raise ConfigError(f"config key 'task.head_slots': expected 'masked' or 'all', got {self.head_slots!r}")
+        self.gcn_rows = task.get("gcn_rows", "all")
+        if self.gcn_rows not in ("all", "batch"):
+            raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {self.gcn_rows!r}")
+        gcap = task.get("gcn_edge_capacity", "auto")
+        if not (gcap == "auto" or (isinstance(gcap, int) and not isinstance(gcap, bool) and gcap > 0)):
+            raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {gcap!r}")
+        if self.gcn_rows == "batch" and self.model.use_graph and int(self.model.gnn_layers) != 1:
+            raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got "
+                              f"{self.model.gnn_layers}")
+        if self.model.dropout_impl not in dropout_lib.IMPLS:
+            raise ConfigError(f"config key 'model.dropout_impl': expected one of {dropout_lib.IMPLS}, got "
+                              f"{self.model.dropout_impl!r}")
+        self.gcn_edge_capacity_mode = gcap
+        self.gcn_capacities = self._gcn_capacities()
         self.train_kwargs = dict(num_episodes=self.num_episodes, lambda_=self.lambda_,
                                  loss_positions=self.loss_positions, support_loss_weight=self.support_loss_weight,
                                  kl_weight=self.kl_weight, kl_normalise=self.kl_normalise,
-                                 head_slots=self.head_slots, head_capacity=self._head_capacities(batch))
+                                 head_slots=self.head_slots, head_capacity=self._head_capacities(batch),
+                                 gcn_capacity=self.gcn_capacities)
 
     def _head_capacities(self, batch_size: int):
         """``(C_X, C_Y)`` static row capacities of the masked heads (C2DSR's :func:`head_capacity`: batch mean
@@ -471,6 +495,20 @@ class CDSRNPTask:
         counts = head_slot_counts(a, supervised_positions(self.max_len, self.loss_positions))
         sig = float(self.cfg.task.get("head_capacity_sigmas", 4.0))
         return tuple(head_capacity(counts[d][a["keep"]], batch_size, sigmas=sig) for d in ("x", "y"))
+
+    def _gcn_capacities(self):
+        """Edge capacities of the row-restricted GCN (``task.gcn_rows="batch"``) for the ``batch_size +
+        episodes * support_size`` rows a step encodes, sampled from the kept training rows (C2DSR's
+        :func:`gcn_edge_capacity`), or ``task.gcn_edge_capacity`` when an int; None for ``"all"``."""
+        if self.gcn_rows != "batch" or not self.model.use_graph:
+            return None
+        if self.gcn_edge_capacity_mode != "auto":
+            return (int(self.gcn_edge_capacity_mode),) * 3
+        a = self.table.arrays
+        kept = {k: a[k][a["keep"]] for k in ("seq", "corru_x", "corru_y", "x_seq", "y_seq")}
+        rows_per_step = int(self.cfg.train.batch_size) + self.num_episodes * self.support_size
+        return gcn_edge_capacity(kept, self.graphs_np, self.num_x + self.num_y + 1, rows_per_step,
+                                 corrupted=self.lambda_ != 1.0)
 
     # ----------------------------------------------------------------------------------- data
     def counts(self) -> dict:
@@ -501,7 +539,10 @@ class CDSRNPTask:
         return out
 
     def graphs(self) -> dict:
-        return {k: tuple(jnp.asarray(a) for a in v) for k, v in self.graphs_np.items()}
+        """C2DSR's graphs with CSR offsets (:meth:`jaxrec.models.c2dsr.C2DSRTask.graphs`)."""
+        v = self.model.num_x + self.model.num_y + 1
+        return {k: tuple(jnp.asarray(a) for a in (*g, graph_lib.csr_row_ptr(g[1], v)))
+                for k, g in self.graphs_np.items()}
 
     def eval_support(self) -> dict:
         return {k: jnp.asarray(v) for k, v in self.eval_support_np.items()}
