@@ -113,9 +113,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.kernels import dropout as dropout_lib
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.kernels import graph as graph_lib
-from jaxrec.kernels import dropout as dropout_lib
 from jaxrec.kernels import losses, metrics
 from jaxrec.nn.dropout import Dropout
 from jaxrec.nn.transformer import TransformerStack, sasrec_config, torch_linear_init, uniform_init
@@ -289,6 +289,9 @@ class C2DSR(nn.Module):
     def _hash_row_dropout(self, rng):
         """``(rows [n, d], row ids [n]) -> dropped rows``: the hash mask of those rows of a whole ``[V, d]`` table
         (element index ``row * d + col``, as :meth:`tables`' full-table draw with the same key)."""
+        if self.num_nodes * self.embed_dim >= 1 << 32:
+            raise ValueError(f"C2DSR hash dropout: a {self.num_nodes} x {self.embed_dim} table has more than 2**32 - 1 "
+                             "elements to index; use dropout_impl='threefry'")
         cols = jnp.arange(self.embed_dim, dtype=jnp.uint32)
 
         def message_fn(h, ids):
@@ -643,6 +646,26 @@ def eval_protocol(ev) -> tuple[int, int, bool, bool]:
             bool(ev.get("exclude_history", False)), bool(ev.get("full_ranking", True)))
 
 
+def gcn_row_options(task, model) -> tuple:
+    """``(gcn_rows, gcn_edge_capacity)`` from the ``task`` config, validated against the model (shared by the
+    C2DSR and CDSRNP tasks): ``task.gcn_rows`` ["all" | "batch"] (``"batch"`` needs ``model.gnn_layers == 1``),
+    ``task.gcn_edge_capacity`` ["auto" | positive int]; also checks ``model.dropout_impl``."""
+    from jaxrec.config import ConfigError
+
+    rows = task.get("gcn_rows", "all")
+    if rows not in ("all", "batch"):
+        raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {rows!r}")
+    cap = task.get("gcn_edge_capacity", "auto")
+    if not (cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0)):
+        raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {cap!r}")
+    if rows == "batch" and model.use_graph and int(model.gnn_layers) != 1:
+        raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got {model.gnn_layers}")
+    if model.dropout_impl not in dropout_lib.IMPLS:
+        raise ConfigError(f"config key 'model.dropout_impl': expected one of {dropout_lib.IMPLS}, got "
+                          f"{model.dropout_impl!r}")
+    return rows, cap
+
+
 def nonoverlap_keep_option(ev) -> str:
     """``eval.nonoverlap_keep`` ["target_domain" | "other_domain"]: which domain the non-overlapped evaluation
     view keeps in the history (shared by the C2DSR and CDSRNP tasks)."""
@@ -715,18 +738,7 @@ class C2DSRTask:
                               f"got {cap!r}")
         self.head_capacity_mode = cap
         self.head_capacity_sigmas = float(task.get("head_capacity_sigmas", 4.0))
-        self.gcn_rows = task.get("gcn_rows", "all")
-        if self.gcn_rows not in ("all", "batch"):
-            raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {self.gcn_rows!r}")
-        gcap = task.get("gcn_edge_capacity", "auto")
-        if not (gcap == "auto" or (isinstance(gcap, int) and not isinstance(gcap, bool) and gcap > 0)):
-            raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {gcap!r}")
-        if self.gcn_rows == "batch" and self.model.use_graph and int(self.model.gnn_layers) != 1:
-            raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got "
-                              f"{self.model.gnn_layers}")
-        if getattr(self.model, "dropout_impl", "threefry") not in dropout_lib.IMPLS:
-            raise ConfigError(f"config key 'model.dropout_impl': expected one of {dropout_lib.IMPLS}, got "
-                              f"{self.model.dropout_impl!r}")
+        self.gcn_rows, self.gcn_edge_capacity_mode = gcn_row_options(task, self.model)
         graph_lines = task.get("graph_lines", "all")
         if graph_lines not in ("all", "kept"):
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
@@ -744,7 +756,6 @@ class C2DSRTask:
             seqs = [s for s, k in zip(seqs, self.table.kept_flags) if k]
         self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
         self.head_capacities = self._head_capacities(int(cfg.train.batch_size))
-        self.gcn_edge_capacity_mode = gcap
         self.gcn_capacities = self._gcn_capacities()
 
     @property

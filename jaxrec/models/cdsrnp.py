@@ -98,11 +98,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.kernels import dropout as dropout_lib
 from jaxrec.kernels import graph as graph_lib
 from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, gcn_edge_capacity,
-                                head_capacity, head_slot_counts, load_train_records, nonoverlap_keep_option, rank_two_views,
-                                supervised_positions, take_at, train_protocol, two_domain_sizes, two_view_inputs)
+                                gcn_row_options, head_capacity, head_slot_counts, load_train_records,
+                                nonoverlap_keep_option, rank_two_views, supervised_positions, take_at, train_protocol,
+                                two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -465,19 +465,7 @@ class CDSRNPTask:
         self.head_slots = task.get("head_slots", "masked")
         if self.head_slots not in ("masked", "all"):
             raise ConfigError(f"config key 'task.head_slots': expected 'masked' or 'all', got {self.head_slots!r}")
-        self.gcn_rows = task.get("gcn_rows", "all")
-        if self.gcn_rows not in ("all", "batch"):
-            raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {self.gcn_rows!r}")
-        gcap = task.get("gcn_edge_capacity", "auto")
-        if not (gcap == "auto" or (isinstance(gcap, int) and not isinstance(gcap, bool) and gcap > 0)):
-            raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {gcap!r}")
-        if self.gcn_rows == "batch" and self.model.use_graph and int(self.model.gnn_layers) != 1:
-            raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got "
-                              f"{self.model.gnn_layers}")
-        if self.model.dropout_impl not in dropout_lib.IMPLS:
-            raise ConfigError(f"config key 'model.dropout_impl': expected one of {dropout_lib.IMPLS}, got "
-                              f"{self.model.dropout_impl!r}")
-        self.gcn_edge_capacity_mode = gcap
+        self.gcn_rows, self.gcn_edge_capacity_mode = gcn_row_options(task, self.model)
         self.gcn_capacities = self._gcn_capacities()
         self.train_kwargs = dict(num_episodes=self.num_episodes, lambda_=self.lambda_,
                                  loss_positions=self.loss_positions, support_loss_weight=self.support_loss_weight,
