@@ -1119,6 +1119,36 @@ def stream_scores(task: MARMRankingTask, params, model_state, batches, *, jit_fn
     return cat, model_state
 
 
+def stream_evaluate(task: MARMRankingTask, params, model_state, phases, batch_size: int, *, jit_fn=None):
+    """Time-ordered evaluation *with cache writes*, as a deployed MARM serves: each phase's impressions are cut
+    into causal rounds (:func:`round_batches`: at most one impression per user per batch, every user's
+    impressions in time order) and scored with :meth:`MARMRankingTask.serve` (read, score, write), so an
+    evaluation impression's history entries from earlier in the evaluation period are in the cache -- unlike
+    :meth:`MARMRankingTask.evaluate` (the engine's static evaluation, reads only), where every exposure of the
+    evaluation period is a miss.
+
+    ``phases``: ``[(name, records)]`` scored in order, e.g. ``[("valid", ...), ("test", ...)]`` from the cache
+    at the end of training (the validation period written before the test period is scored). Returns
+    ``({name: metrics}, final model_state)``; metrics are :meth:`MARMRankingTask.accumulate`'s (AUC / GAUC /
+    logloss per task, ``cache/hit_rate``) plus ``examples``. With no cache (``cache_mode="none"``) this equals
+    the static evaluation.
+    """
+    fn = jit_fn or task.jitted("serve")
+    tr = task.transform()
+    results = {}
+    for name, records in phases:
+        col = lambda k: np.fromiter((r[k] for r in records), np.int64, len(records))  # noqa: E731
+        acc = metrics_lib.MetricAccumulator()
+        n = 0
+        for idx in round_batches(col("user_id"), col("time_ms"), batch_size):
+            b = pad_batch(tr.map_batch([records[i] for i in idx]), batch_size)
+            out, model_state = fn(params, model_state, b)
+            task.accumulate(acc, out, b)
+            n += len(idx)
+        results[name] = {**acc.result(), "examples": n}
+    return results, model_state
+
+
 def measure_staleness(task: MARMRankingTask, params_old, params_new, model_state, batches) -> dict:
     """Staleness of cached entries when parameters move from ``params_old`` to ``params_new``.
 

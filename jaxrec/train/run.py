@@ -144,8 +144,18 @@ def train_from_config(cfg, workdir, *, data_dir=None, progress: bool = True, sto
 def evaluate_from_config(cfg, workdir, split: str, *, data_dir=None, which: str = "best") -> dict:
     """Evaluate the best (or latest) checkpoint in ``workdir`` on ``split``."""
     from jaxrec.train import steps as steps_lib
-    from jaxrec.train.checkpoint import Checkpointer, claim_workdir
     from jaxrec.train.loop import evaluate
+
+    exp, state, shardings, step = restore_from_config(cfg, workdir, data_dir=data_dir, which=which)
+    eval_step = steps_lib.make_eval_step(exp.task, exp.partitioner, shardings)
+    metrics = evaluate(eval_step, state, exp.eval_batches(split), exp.partitioner, exp.task)
+    return {"split": split, "step": int(step), **metrics}
+
+
+def restore_from_config(cfg, workdir, *, data_dir=None, which: str = "best"):
+    """``(experiment, train state, shardings, step)`` of the best (or latest) checkpoint in ``workdir``."""
+    from jaxrec.train import steps as steps_lib
+    from jaxrec.train.checkpoint import Checkpointer, claim_workdir
 
     if not (pathlib.Path(workdir) / "run.json").exists():
         raise FileNotFoundError(f"{workdir}: no jaxrec run here (run.json missing)")
@@ -162,9 +172,7 @@ def evaluate_from_config(cfg, workdir, split: str, *, data_dir=None, which: str 
         state, _, _ = ckpt.restore(state)
         step = ckpt.latest_step()
     ckpt.close()
-    eval_step = steps_lib.make_eval_step(exp.task, exp.partitioner, shardings)
-    metrics = evaluate(eval_step, state, exp.eval_batches(split), exp.partitioner, exp.task)
-    return {"split": split, "step": int(step), **metrics}
+    return exp, state, shardings, step
 
 
 def default_workdir(cfg) -> str:
