@@ -351,3 +351,29 @@ def test_stream_evaluation_writes_the_cache_and_equals_static_without_one(tasks,
             # static: only the head's entries are there; with N = 4, events at t = 6, 7, 8, 9 find 4, 3, 2, 1
             assert static["cache/hit_rate"] == pytest.approx(10 / 16)
             assert abs(res["tail"]["logloss/is_click"] - static["logloss/is_click"]) > 1e-6
+
+
+def test_stream_table_means_over_seeds_and_marks_cacheless_rows(tmp_path):
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "marm_stream_table.py"
+    spec = importlib.util.spec_from_file_location("marm_stream_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def write(name, mode, g_static, g_stream, hits=(0.7, 0.97)):
+        m = lambda g, h: {"gauc/is_click": g, "gauc/long_view": g, "auc/is_click": g, "cache/hit_rate": h}  # noqa
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stream_eval.json").write_text(json.dumps(
+            {"cache_mode": mode, "static": {"test": m(g_static, hits[0])}, "stream": {"test": m(g_stream, hits[1])}}))
+
+    write("a_s0", "kv", 0.60, 0.62)
+    write("a_s1", "kv", 0.62, 0.64)
+    write("a_sx", "kv", 0.0, 0.0)  # not a seed directory: ignored
+    write("b_s0", "none", 0.61, 0.61, hits=(0.0, 0.0))
+    t = mod.table(str(tmp_path), ["A = 1=a_s", "B=b_s"]).splitlines()
+    assert t[2] == ("| A = 1 | 2 | 0.6100 ± 0.0141 | 0.6300 ± 0.0141 | 0.6100 ± 0.0141 | 0.6300 ± 0.0141 | "
+                    "0.6100 ± 0.0141 | 0.6300 ± 0.0141 | 0.700 | 0.970 |")
+    assert t[3] == "| B | 1 | 0.6100 | 0.6100 | 0.6100 | 0.6100 | 0.6100 | 0.6100 | — | — |"
