@@ -552,6 +552,26 @@ def gcn_edge_capacity(arrays, graphs_np, num_nodes: int, batch_size: int, *, cor
     return tuple(caps)
 
 
+def resolve_gcn_capacities(gcn_rows: str, mode, model, arrays, graphs_np, rows_per_step: int, *,
+                           corrupted: bool):
+    """The row-restricted GCN's ``(C_mixed, C_x, C_y)`` for a task (C2DSR and CDSRNP): None for
+    ``gcn_rows="all"`` or a model without graph, ``(mode,) * 3`` for an int ``task.gcn_edge_capacity``, else
+    :func:`gcn_edge_capacity` over ``arrays`` with ``rows_per_step`` rows per step."""
+    if gcn_rows != "batch" or not model.use_graph:
+        return None
+    if mode != "auto":
+        return (int(mode),) * 3
+    return gcn_edge_capacity(arrays, graphs_np, model.num_x + model.num_y + 1, rows_per_step, corrupted=corrupted)
+
+
+def device_graphs(graphs_np, num_nodes: int) -> dict:
+    """C2DSR's item graphs as jnp arrays (inside jit: compile-time constants): ``(senders, receivers, weight,
+    row_ptr)`` per graph, edges sorted by receiver (``build_graphs``), ``row_ptr [V + 1]`` their CSR offsets
+    (the row-restricted GCN, ``task.gcn_rows="batch"``)."""
+    return {k: tuple(jnp.asarray(a) for a in (*g, graph_lib.csr_row_ptr(g[1], num_nodes)))
+            for k, g in graphs_np.items()}
+
+
 def head_slot_counts(arrays, positions: int) -> dict:
     """Per training row: the weighted slots of each vocabulary head over the last ``positions`` positions,
     ``{"x": share_x_mask + x_mask, "y": share_y_mask + y_mask}`` summed per row (``[K]`` int; the counts
@@ -784,12 +804,8 @@ class C2DSRTask:
         """``(C_mixed, C_x, C_y)`` edge capacities of the row-restricted GCN for ``task.gcn_rows="batch"``
         (:func:`gcn_edge_capacity` over the kept training rows, or ``task.gcn_edge_capacity`` when an int), None
         for ``"all"`` (whole tables)."""
-        if self.gcn_rows != "batch" or not self.model.use_graph:
-            return None
-        if self.gcn_edge_capacity_mode != "auto":
-            return (int(self.gcn_edge_capacity_mode),) * 3
-        return gcn_edge_capacity(self.table.arrays, self.graphs_np, self.model.num_nodes,
-                                 int(self.cfg.train.batch_size), corrupted=self.lambda_ != 1.0)
+        return resolve_gcn_capacities(self.gcn_rows, self.gcn_edge_capacity_mode, self.model, self.table.arrays,
+                                      self.graphs_np, int(self.cfg.train.batch_size), corrupted=self.lambda_ != 1.0)
 
     # ----------------------------------------------------------------------------------- data
     @property
@@ -842,12 +858,8 @@ class C2DSRTask:
         return out
 
     def graphs(self) -> dict:
-        """The item graphs as jnp arrays (inside jit: compile-time constants): ``(senders, receivers, weight,
-        row_ptr)`` per graph, edges sorted by receiver (``build_graphs``), ``row_ptr [V + 1]`` their CSR offsets
-        (the row-restricted GCN, ``task.gcn_rows="batch"``)."""
-        v = self.model.num_nodes
-        return {k: tuple(jnp.asarray(a) for a in (*g, graph_lib.csr_row_ptr(g[1], v)))
-                for k, g in self.graphs_np.items()}
+        """The item graphs with CSR offsets (:func:`device_graphs`)."""
+        return device_graphs(self.graphs_np, self.model.num_nodes)
 
     # ----------------------------------------------------------------------------------- model
     def init(self, rng, batch):

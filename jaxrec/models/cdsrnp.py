@@ -98,11 +98,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.kernels import attention, losses
-from jaxrec.kernels import graph as graph_lib
-from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, eval_protocol, gcn_edge_capacity,
+from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, device_graphs, eval_protocol,
                                 gcn_row_options, head_capacity, head_slot_counts, load_train_records,
-                                nonoverlap_keep_option, rank_two_views, supervised_positions, take_at, train_protocol,
-                                two_domain_sizes, two_view_inputs)
+                                nonoverlap_keep_option, rank_two_views, resolve_gcn_capacities, supervised_positions,
+                                take_at, train_protocol, two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
 QUERY_INPUT_KEYS = ("seq", "x_seq", "y_seq", "pos", "x_pos", "y_pos", "x_last", "y_last")
@@ -488,15 +487,11 @@ class CDSRNPTask:
         """Edge capacities of the row-restricted GCN (``task.gcn_rows="batch"``) for the ``batch_size +
         episodes * support_size`` rows a step encodes, sampled from the kept training rows (C2DSR's
         :func:`gcn_edge_capacity`), or ``task.gcn_edge_capacity`` when an int; None for ``"all"``."""
-        if self.gcn_rows != "batch" or not self.model.use_graph:
-            return None
-        if self.gcn_edge_capacity_mode != "auto":
-            return (int(self.gcn_edge_capacity_mode),) * 3
         a = self.table.arrays
         kept = {k: a[k][a["keep"]] for k in ("seq", "corru_x", "corru_y", "x_seq", "y_seq")}
         rows_per_step = int(self.cfg.train.batch_size) + self.num_episodes * self.support_size
-        return gcn_edge_capacity(kept, self.graphs_np, self.num_x + self.num_y + 1, rows_per_step,
-                                 corrupted=self.lambda_ != 1.0)
+        return resolve_gcn_capacities(self.gcn_rows, self.gcn_edge_capacity_mode, self.model, kept, self.graphs_np,
+                                      rows_per_step, corrupted=self.lambda_ != 1.0)
 
     # ----------------------------------------------------------------------------------- data
     def counts(self) -> dict:
@@ -527,10 +522,8 @@ class CDSRNPTask:
         return out
 
     def graphs(self) -> dict:
-        """C2DSR's graphs with CSR offsets (:meth:`jaxrec.models.c2dsr.C2DSRTask.graphs`)."""
-        v = self.model.num_x + self.model.num_y + 1
-        return {k: tuple(jnp.asarray(a) for a in (*g, graph_lib.csr_row_ptr(g[1], v)))
-                for k, g in self.graphs_np.items()}
+        """C2DSR's graphs with CSR offsets (:func:`jaxrec.models.c2dsr.device_graphs`)."""
+        return device_graphs(self.graphs_np, self.num_x + self.num_y + 1)
 
     def eval_support(self) -> dict:
         return {k: jnp.asarray(v) for k, v in self.eval_support_np.items()}
