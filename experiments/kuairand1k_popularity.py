@@ -4,6 +4,7 @@ history-blind reference for the KuaiFormer HR@K table.
 
     python experiments/kuairand1k_popularity.py
     python experiments/kuairand1k_popularity.py --data kuairand_embedded --ks 10 50 100   # the packaged clicks
+    python experiments/kuairand1k_popularity.py --min_count 10 --positions 4   # the ``frequent`` protocol
 
 Scores every item of KuaiFormer's vocabulary (the ids that occur in the training windows) by its number of
 training occurrences (history and target, as ``jaxrec.models.kuaiformer.ItemVocab`` counts them) and ranks the
@@ -28,11 +29,13 @@ from jaxrec.data.builders.kuairand1k import read_kuairand1k
 KS = (50, 100, 500, 1000)
 
 
-def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS) -> dict:
-    """HR@k of the most-popular ranker; ``train_ids`` every training occurrence, ``targets`` the held-out ids."""
+def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS, min_count: int = 1) -> dict:
+    """HR@k of the most-popular ranker; ``train_ids`` every training occurrence, ``targets`` the held-out ids;
+    the catalogue is the ids with at least ``min_count`` training occurrences (the task's ``min_item_count``)."""
     train_ids = np.asarray(train_ids, np.int64)
     train_ids = train_ids[train_ids > 0]
     counts = np.bincount(train_ids, minlength=int(max(train_ids.max(), np.max(targets))) + 1)
+    counts[counts < max(int(min_count), 1)] = 0
     catalogue = np.sort(counts[counts > 0])  # counts of the vocabulary items, ascending
     out = {"targets": int(len(targets)), "catalogue": int(catalogue.size)}
     c = counts[np.asarray(targets, np.int64)]
@@ -61,13 +64,17 @@ def transition_model(train_seqs) -> tuple[dict, dict, list]:
     return trans, counts, by_pop
 
 
-def transition_hr(model, histories, targets, ks=KS) -> dict:
-    """HR@k of the last-item-transition ranker (module docstring); ``model`` from :func:`transition_model`."""
+def transition_hr(model, histories, targets, ks=KS, min_count: int = 1) -> dict:
+    """HR@k of the last-item-transition ranker (module docstring); ``model`` from :func:`transition_model`;
+    only ids with at least ``min_count`` training occurrences are ranked."""
     trans, counts, by_pop = model
+    if min_count > 1:
+        by_pop = [i for i in by_pop if counts[i] >= min_count]
     kmax = max(ks)
     hits = {k: 0 for k in ks}
     for h, y in zip(histories, targets):
-        succ = sorted(trans[int(h[-1])].items(), key=lambda kv: (-kv[1], -counts[kv[0]], kv[0])) if len(h) else []
+        succ = sorted(((b, c) for b, c in trans[int(h[-1])].items() if counts[b] >= min_count),
+                      key=lambda kv: (-kv[1], -counts[kv[0]], kv[0])) if len(h) else []
         ranked = [i for i, _ in succ[:kmax]]
         seen = set(ranked)
         for i in by_pop:
@@ -113,8 +120,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="kuairand1k", choices=("kuairand1k", "kuairand_embedded"))
     ap.add_argument("--raw_dir", default=None, help="the data folder (default: ../shared/data or the package)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    ap.add_argument("--min_count", type=int, default=1,
+                    help="catalogue = ids with at least this many training occurrences (task.min_item_count)")
+    ap.add_argument("--positions", type=int, default=1,
+                    help="held-out events per record, as eval.positions (jaxrec.models.kuaiformer.HeldOutPositions)")
     a = ap.parse_args(argv)
     train, held = load_sequences(a.data, a.raw_dir)
+    if a.positions > 1:
+        from jaxrec.models.kuaiformer import HeldOutPositions
+
+        for s, (hist, tgt) in list(held.items()):
+            src = HeldOutPositions([{"items": np.asarray(h), "target": int(y)} for h, y in zip(hist, tgt)],
+                                   a.positions, s)
+            recs = [src[i] for i in range(len(src))]
+            held[s] = ([np.asarray(r["items"], np.int64) for r in recs], np.array([r["target"] for r in recs]))
     train_ids = np.concatenate(train)
     n_items = np.unique(train_ids[train_ids > 0]).size
     print(f"{a.data}: {len(train)} training sequences, {train_ids.size} occurrences of {n_items} items "
@@ -124,8 +143,8 @@ def main(argv=None) -> dict:
           + " | ".join(f"HR@{k}" for k in a.ks) + " |")
     print("|---|---|---|---|---|" + "---|" * len(a.ks))
     for s, (hist, tgt) in held.items():
-        p = popularity_hr(train_ids, tgt, a.ks)
-        t = transition_hr(model, hist, tgt, a.ks)
+        p = popularity_hr(train_ids, tgt, a.ks, a.min_count)
+        t = transition_hr(model, hist, tgt, a.ks, a.min_count)
         in_hist = float(np.mean([int(y) in set(h.tolist()) for h, y in zip(hist, tgt)]))
         res[s] = {"popularity": p, "transition": t, "target_in_history": in_hist}
         for name, r in (("most popular", p), ("last-item transitions", t)):

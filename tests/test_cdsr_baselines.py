@@ -131,8 +131,12 @@ def test_config_errors_and_experiment_configs():
         c = mod.get_config(mode)
         assert c.task.mode == mode and c.model.embed_dim == 256 and c.model.max_len == 15
         assert c.train.batch_size == 256 and c.train.num_epochs == 100 and c.train.eval_every == 5 * 29
-    with pytest.raises(ValueError):
-        mod.get_config("z")
+        assert c.data.name == "llmcdsr/food_kitchen"
+        a = mod.get_config(mode + ",afk")
+        assert a.data.name == "abxi/afk" and a.task.mode == mode and a.train.eval_every == 5 * 27
+    for bad in ("z", "x,fk", "x,afk,afk"):
+        with pytest.raises(ValueError):
+            mod.get_config(bad)
 
 
 @pytest.mark.shared_data

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxrec.config import ConfigError
 from jaxrec.data.catalog import DatasetInfo
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.models import kuaiformer as KF
@@ -432,6 +433,65 @@ def test_train_transform_cuts_histories_and_targets():
     np.testing.assert_array_equal(ev["target"], vocab.map([120, 121, 122, 123]))
 
 
+def test_in_vocab_cuts_pick_only_catalogue_targets_and_fall_back_when_none():
+    vocab = make_vocab()  # raw 100..138 in the vocabulary, everything else OOV
+    rng = np.random.default_rng(4)
+    items = rng.integers(500, 900, size=60)  # OOV everywhere ...
+    eligible = [20, 33, 47]  # ... except these positions (target = items[c], or the record's target at c = 60)
+    items[eligible] = [101, 110, 120]
+    rec = {"user_id": 7, "items": items, "domains": np.zeros(60, np.int64), "target": 130, "target_domain": 0}
+    none = {"user_id": 8, "items": rng.integers(500, 900, size=30), "domains": np.zeros(30, np.int64),
+            "target": 999, "target_domain": 0}
+    tr = KF.KuaiFormerTrainTransform(vocab, max_len=16, min_history=25, side_key="domains", seed=1,
+                                     cut_targets="in_vocab")
+    seen = set()
+    for u in range(200):  # other batch compositions draw other cuts
+        batch = [rec, dict(none, user_id=1000 + u)]
+        cuts = tr.cuts(batch)
+        out = tr.map_batch(batch)
+        assert cuts[0] in (33, 47, 60) and out["mask"][0]  # position 20 is below min_history
+        assert 25 <= cuts[1] <= 30 and not out["mask"][1]  # nothing eligible: any cut, masked out
+        seen.add(int(cuts[0]))
+    assert seen == {33, 47, 60}
+    plain = KF.KuaiFormerTrainTransform(vocab, max_len=16, min_history=25, side_key="domains", seed=1)
+    assert not all(plain.cuts([rec, dict(none, user_id=1000 + u)])[0] in (33, 47, 60) for u in range(50))
+    with pytest.raises(ValueError, match="cut_targets"):
+        KF.KuaiFormerTrainTransform(vocab, max_len=16, cut_targets="bogus")
+    with pytest.raises(ConfigError, match="task.cut_targets"):
+        make_task(cut_targets="bogus")
+
+
+def test_held_out_positions_cut_every_per_event_field():
+    recs = _records()  # history lengths 40, 12, 3, 1
+    for r in recs:
+        r["timestamps"] = np.arange(len(r["items"])) * 10
+    src = KF.HeldOutPositions(recs, 3)
+    assert len(src) == 3 + 3 + 3 + 1 and src.skipped == 2  # the 1-event record cannot lose an event
+    assert src[0] is recs[0] and src[9] is recs[3]
+    for idx, (i, j) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]):
+        r, e = recs[i], src[idx]
+        n = len(r["items"])
+        if j == 0:
+            assert e is r
+            continue
+        np.testing.assert_array_equal(e["items"], r["items"][:n - j])
+        np.testing.assert_array_equal(e["domains"], r["domains"][:n - j])
+        np.testing.assert_array_equal(e["timestamps"], r["timestamps"][:n - j])
+        assert e["target"] == r["items"][n - j] and e["target_domain"] == r["domains"][n - j]
+        assert e["user_id"] == r["user_id"] and isinstance(e["target"], int)
+    ev = KF.KuaiFormerEvalTransform(make_vocab(), 16, "domains").map_batch([src[i] for i in range(len(src))])
+    assert ev["item_ids"].shape == (10, 16) and (ev["target"] >= 1).all()
+    task = make_task()
+    assert task.eval_source("valid", recs) is recs  # eval.positions = 1: the split itself
+    cfg = make_cfg()
+    cfg.eval.positions = 2
+    t2 = KF.KuaiFormerTask(cfg, fake_info(), vocab=make_vocab())
+    assert len(t2.eval_source("valid", recs)) == 2 + 2 + 2 + 1
+    cfg.eval.positions = 0
+    with pytest.raises(ConfigError, match="eval.positions"):
+        KF.KuaiFormerTask(cfg, fake_info(), vocab=make_vocab())
+
+
 # ------------------------------------------------------------------------------------------ training
 
 def test_real_train_step_and_loss_decreases_on_a_small_batch():
@@ -572,7 +632,8 @@ def test_experiment_configs_build_their_models():
               "hist64": ("kuaiformer", 1, 64), "hist256_uncompressed": ("kuaiformer", 1, 256),
               "hist256_compressed": ("kuaiformer", 1, 55), "no_logq": ("kuaiformer", 6, 55),
               "sasrec": ("sasrec", 1, 256), "two_tower": ("two_tower", 1, 1), "hist64,k6": ("kuaiformer", 6, 64),
-              "k2,embedded": ("kuaiformer", 2, 64), "sasrec,embedded": ("sasrec", 1, 64)}
+              "k2,embedded": ("kuaiformer", 2, 64), "sasrec,embedded": ("sasrec", 1, 64),
+              "hist256_uncompressed,frequent": ("kuaiformer", 1, 256)}
     for arg, (name, k, tokens) in expect.items():
         cfg = mod.get_config(arg or None)
         task = KF.KuaiFormerTask(cfg, fake_info(), vocab=make_vocab())
@@ -585,6 +646,8 @@ def test_experiment_configs_build_their_models():
         if arg.endswith("embedded"):
             assert cfg.data.name == "kuairand_embedded" and cfg.model.max_len == 64 and cfg.task.side_key == "tabs"
             assert task.side_key == ("tabs" if name == "kuaiformer" else None)  # SASRec has no side feature
+        if arg.endswith("frequent"):
+            assert (task.cut_targets, task.eval_positions, cfg.task.min_item_count) == ("in_vocab", 4, 10)
         assert task.train_flops_per_example() > 0
     with pytest.raises(ValueError, match="unknown config arg"):
         mod.get_config("k6,bogus")

@@ -67,7 +67,13 @@ Task ``kuaiformer_retrieval`` (next-action prediction on sequence data, e.g. ``k
   history the ``max_len`` events before it. The cuts come from one generator per batch seeded by
   ``(task.seed, the user ids of the batch in order)``: a pure function of the batch (so a resumed run sees
   the same samples) that changes from epoch to epoch because the shuffle regroups records. ``min_history``
-  defaults to 256, so history-length ablations (64 vs 256) predict the same targets.
+  defaults to 256, so history-length ablations (64 vs 256) predict the same targets. ``task.cut_targets =
+  "in_vocab"`` draws the cut only among positions whose target is in the vocabulary (with a raised
+  ``min_item_count`` most events are OOV and would otherwise be wasted masked samples); a record with no such
+  position falls back to any cut (masked out of the loss).
+* held-out protocol: the last event of each validation/test record is the target; ``eval.positions = P`` also
+  scores the ``P - 1`` events before it, each with the history preceding it (:class:`HeldOutPositions`; more
+  targets per held-out record, the same users).
 * [P] loss: in-batch softmax over the batch's positives, logits ``max_j <u_j, e_c> / temperature``
   (Eq. 9-10), logQ correction (Eq. 11) ``task.logq``: ``"empirical"`` (``log Q(x)`` = log frequency of x
   in the training split), ``"streaming"`` (Yi et al. 2019 frequency estimation over the step counter, state in
@@ -85,6 +91,7 @@ Task ``kuaiformer_retrieval`` (next-action prediction on sequence data, e.g. ``k
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -98,15 +105,18 @@ from jaxrec.kernels import losses, metrics
 from jaxrec.nn.transformer import TransformerStack, llama_config
 from jaxrec.registry import register_model, register_task
 
+log = logging.getLogger(__name__)
+
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ITEM = 2
 DEFAULT_COMPRESS = ((64, 2), (16, 5))
+CUT_TARGETS = ("any", "in_vocab")
 
 __all__ = ["PAD_ID", "OOV_ID", "FIRST_ITEM", "DEFAULT_COMPRESS", "TokenEmbed", "KuaiFormer", "TwoTower",
            "group_compress", "compressed_length", "ItemVocab", "KuaiFormerTrainTransform",
-           "KuaiFormerEvalTransform", "KuaiFormerTask", "kuaiformer_forward_flops", "two_tower_forward_flops",
-           "interest_logits"]
+           "KuaiFormerEvalTransform", "HeldOutPositions", "KuaiFormerTask", "kuaiformer_forward_flops",
+           "two_tower_forward_flops", "CUT_TARGETS", "interest_logits"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -476,11 +486,13 @@ class KuaiFormerTrainTransform:
     """
 
     def __init__(self, vocab: ItemVocab, max_len: int, min_history: int = 256, side_key: str | None = "domains",
-                 seed: int = 0):
+                 seed: int = 0, cut_targets: str = "any"):
         if int(max_len) < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if cut_targets not in CUT_TARGETS:
+            raise ValueError(f"cut_targets: expected one of {CUT_TARGETS}, got {cut_targets!r}")
         self.vocab, self.max_len, self.min_history = vocab, int(max_len), max(int(min_history), 1)
-        self.side_key, self.seed = side_key, int(seed)
+        self.side_key, self.seed, self.cut_targets = side_key, int(seed), cut_targets
 
     def map(self, rec: dict) -> dict:
         return {k: v[0] for k, v in self.map_batch([rec]).items()}
@@ -496,6 +508,12 @@ class KuaiFormerTrainTransform:
         for b, r in enumerate(records):
             m = len(r["items"]) + 1
             lo = min(self.min_history, m - 1)
+            if self.cut_targets == "in_vocab" and m > 1:
+                seq = np.append(np.asarray(r["items"], np.int64), int(r["target"]))
+                ok = np.flatnonzero(self.vocab.map(seq[lo:]) >= FIRST_ITEM)
+                if ok.size:  # uniform over the eligible cuts; none eligible -> any cut (masked out, no loss)
+                    out[b] = lo + int(ok[rng.integers(0, ok.size)])
+                    continue
             out[b] = rng.integers(lo, m) if m > 1 else 0
         return out
 
@@ -548,6 +566,51 @@ class KuaiFormerEvalTransform:
         }
 
 
+class HeldOutPositions:
+    """A held-out split read at the last ``positions`` events of each record (``eval.positions``).
+
+    Example ``(i, j)``, ``j = 0..positions-1``, is record ``i`` cut so that its ``j``-th event from the end is the
+    target: ``j = 0`` is the record unchanged (its own target), ``j >= 1`` takes ``items[n - j]`` as the target and
+    ``items[:n - j]`` as the history; every per-event field (``items``, ``domains``, ``timestamps``, ...) is cut the
+    same way and each one with a target field (``target_domain``, ``target_tab``, ...) gets that event's value.
+    Pairs that would leave an empty history are not examples; their count is ``skipped`` (logged). Examples are
+    ordered record-major, so ``positions = 1`` is the split itself.
+    """
+
+    def __init__(self, source, positions: int, split: str = "?"):
+        from jaxrec.data.pipeline import SIDE_KEYS
+
+        if int(positions) < 1:
+            raise ValueError(f"eval.positions: expected >= 1, got {positions}")
+        self.source, self.positions, self._side_keys = source, int(positions), SIDE_KEYS
+        lengths = np.asarray([len(source[i]["items"]) for i in range(len(source))], np.int64)
+        pairs = [(i, j) for i, n in enumerate(lengths.tolist()) for j in range(self.positions) if j == 0 or n - j >= 1]
+        self._pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        self.skipped = len(source) * self.positions - len(pairs)
+        (log.warning if self.skipped else log.info)(
+            "kuaiformer eval %s: %d records x %d positions -> %d examples (%d skipped: history would be empty)",
+            split, len(source), self.positions, len(pairs), self.skipped)
+
+    def __len__(self) -> int:
+        return int(self._pairs.shape[0])
+
+    def __getitem__(self, idx: int) -> dict:
+        i, j = (int(v) for v in self._pairs[int(idx)])
+        rec = self.source[i]
+        if j == 0:
+            return rec
+        items = np.asarray(rec["items"])
+        n = len(items)
+        out = dict(rec)
+        for k, v in rec.items():
+            if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n:
+                tk = "target" if k == "items" else self._side_keys.get(k, "target_" + k)
+                if tk in rec:
+                    out[tk] = type(rec[tk])(v[n - j]) if not isinstance(rec[tk], np.ndarray) else v[n - j]
+                out[k] = v[:n - j]
+        return out
+
+
 # ------------------------------------------------------------------------------------------------ task
 
 def _catalogue_scan(user_vecs, table, target_scores, target_rows, k: int, chunk_size: int, method: str = "exact",
@@ -592,9 +655,11 @@ class KuaiFormerTask:
     Config keys (defaults): ``task.logq`` ["empirical"] | "streaming" | "none"; ``task.streaming_alpha``
     [0.05]; ``task.label_smoothing`` [0.1]; ``task.smoothing`` ["paper"] | "standard"; ``task.temperature``
     [0.05]; ``task.normalize`` [True]; ``task.remove_accidental_hits`` [True]; ``task.min_history`` [256];
-    ``task.min_item_count`` [1]; ``task.side_key`` ["domains"] (None/"" = no side feature); ``task.seed`` [0];
+    ``task.min_item_count`` [1]; ``task.cut_targets`` ["any"] | "in_vocab" (training cuts only where the target is
+    in the vocabulary); ``task.side_key`` ["domains"] (None/"" = no side feature); ``task.seed`` [0];
     ``eval.hr_ks`` [(50, 100, 500, 1000)]; ``eval.quota`` ["split"]; ``eval.method`` ["exact"];
-    ``eval.chunk_size`` [65536]; ``eval.ties`` ["half"].
+    ``eval.chunk_size`` [65536]; ``eval.ties`` ["half"]; ``eval.positions`` [1] (held-out events per record,
+    :class:`HeldOutPositions`).
 
     Args:
       train_source: training records (default: the dataset's ``train`` split); vocab: a prebuilt
@@ -634,6 +699,13 @@ class KuaiFormerTask:
         self.remove_accidental_hits = bool(t.get("remove_accidental_hits", True))
         self.streaming_alpha = float(t.get("streaming_alpha", 0.05))
         self.min_history = int(t.get("min_history", 256))
+        self.cut_targets = t.get("cut_targets", "any")
+        if self.cut_targets not in CUT_TARGETS:
+            raise ConfigError(f"config key 'task.cut_targets': expected one of {CUT_TARGETS}, "
+                              f"got {self.cut_targets!r}")
+        self.eval_positions = int(e.get("positions", 1))
+        if self.eval_positions < 1:
+            raise ConfigError(f"config key 'eval.positions': expected >= 1, got {self.eval_positions}")
         self.seed = int(t.get("seed", 0))
         self.side_key = t.get("side_key", "domains") or None
         self.hr_ks = tuple(int(k) for k in e.get("hr_ks", (50, 100, 500, 1000)))
@@ -670,7 +742,12 @@ class KuaiFormerTask:
 
     # ------------------------------------------------------------------------------------- data
     def train_transform(self):
-        return KuaiFormerTrainTransform(self.vocab, self.max_len, self.min_history, self.side_key, self.seed)
+        return KuaiFormerTrainTransform(self.vocab, self.max_len, self.min_history, self.side_key, self.seed,
+                                        self.cut_targets)
+
+    def eval_source(self, split: str, source):
+        """``source`` itself, or its last ``eval.positions`` events per record (:class:`HeldOutPositions`)."""
+        return source if self.eval_positions == 1 else HeldOutPositions(source, self.eval_positions, split)
 
     def eval_transform(self, split: str):
         del split

@@ -78,12 +78,21 @@ class Experiment:
                               f"{n} training examples")
         return spe
 
+    def eval_source(self, split: str):
+        """The records of a held-out split: the split itself, or what the task makes of it (``task.eval_source``,
+        e.g. several held-out positions per record)."""
+        cache = self.__dict__.setdefault("_eval_sources", {})
+        if split not in cache:
+            hook = getattr(self.task, "eval_source", None)
+            cache[split] = hook(split, self.sources[split]) if hook is not None else self.sources[split]
+        return cache[split]
+
     def eval_batches(self, split: str):
         from jaxrec.data import pipeline
 
         if split not in self.sources:
             raise ConfigError(f"split {split!r} not in dataset {self.cfg.data.name!r} ({sorted(self.sources)})")
-        return pipeline.make_eval_batches(self.sources[split], self.task.eval_transform(split),
+        return pipeline.make_eval_batches(self.eval_source(split), self.task.eval_transform(split),
                                           batch_size=self.cfg.eval.batch_size // jax.process_count(),
                                           shard_index=jax.process_index(), shard_count=jax.process_count())
 

@@ -42,6 +42,7 @@ class Task(Protocol):
     * ``train_flops_per_example()`` (optional) -- analytic training FLOPs;
     * ``train_source(train_split) -> random-access source`` (optional) -- the records to train on, when the
       task's protocol skips or rebuilds records of the ``train`` split;
+    * ``eval_source(split, source) -> random-access source`` (optional) -- likewise for a held-out split;
     * ``accumulate(acc, outputs, batch)`` (optional) -- custom evaluation accumulation (per-domain masks,
       AUC/GAUC over the whole split); default: mean of each output over ``batch["valid"]``.
     """
