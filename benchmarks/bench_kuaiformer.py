@@ -17,7 +17,10 @@ groups through a 1-layer bidirectional encoder + 48 raw = 55 tokens), each follo
 * ``forward_ms`` / ``users_per_s``: the jitted user tower on a batch of ``--batch`` users (default 32; median of
   repeats);
 * ``train_step_ms``: forward + backward + Adam on the same batch (in-batch softmax loss over the batch's
-  targets, 1,000-item table so the transformer dominates);
+  targets, 1,000-item table so the transformer dominates); ``train_examples_per_s``; ``train_xla_mflops_per_user``
+  (XLA's count for the whole train step / batch);
+* ``forward_gflops_per_s`` / ``train_gflops_per_s`` achieved, and their share of the f32 matmul rate measured in
+  the same run (``matmul_peak_gflops_f32``: best of 1024^3 and 2048^3, :func:`jaxrec.bench.matmul_gflops`);
 * ratios to raw-64, next to the paper's claims (raw-256 ~6x, compressed-256 ~+10%).
 
 Two settings: the spec's (d = 128, 4 heads, L = 4, k = 1) and our experiment's (d = 64, 4 heads, L = 4, k = 6,
@@ -73,7 +76,7 @@ def spec_formula_flops(max_len: int, compress, d: int, layers: int, k: int, r: i
     return float(total)
 
 
-def bench_compute(repeats: int, batch: int = 32) -> dict:
+def bench_compute(repeats: int, batch: int = 32, peak_gflops: float | None = None) -> dict:
     out = {}
     for sname, setting in SETTINGS.items():
         rows = {}
@@ -115,6 +118,9 @@ def bench_compute(repeats: int, batch: int = 32) -> dict:
                 loss.block_until_ready()
 
             t_step = median_time(run_step, repeats)
+            shp = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+            xla_train = flops_lib.xla_flops(train_step,
+                                            *jax.tree_util.tree_map(shp, (params, opt, ids, side, target)))
             analytic = KF.kuaiformer_forward_flops(max_len, d, setting["num_layers"], setting["num_heads"], k,
                                                    compress, token_in=token_in)
             analytic_full = KF.kuaiformer_forward_flops(max_len, d, setting["num_layers"], setting["num_heads"], k,
@@ -130,7 +136,18 @@ def bench_compute(repeats: int, batch: int = 32) -> dict:
                 "forward_ms": round(t_fwd * 1e3, 1),
                 "users_per_s": round(batch / t_fwd, 1),
                 "train_step_ms": round(t_step * 1e3, 1),
+                "train_examples_per_s": round(batch / t_step, 1),
+                "train_xla_mflops_per_user": None if xla_train is None else round(xla_train / batch / 1e6, 1),
             }
+            r = rows[vname]
+            if xla is not None:
+                r["forward_gflops_per_s"] = round(xla * batch / t_fwd / 1e9, 2)
+            if xla_train is not None:
+                r["train_gflops_per_s"] = round(xla_train / t_step / 1e9, 2)
+            if peak_gflops:
+                for key in ("forward_gflops_per_s", "train_gflops_per_s"):
+                    if key in r:
+                        r[key.replace("gflops_per_s", "share_of_matmul_peak")] = round(r[key] / peak_gflops, 3)
             print(f"compute {sname} {vname}: {rows[vname]}", flush=True)
         ratios = {}
         for v in ("raw256", "compressed256"):
@@ -184,7 +201,11 @@ def main(argv=None) -> dict:
                        "loadavg_start": [round(x, 2) for x in load0]},
            "repeats": repeats}
     if args.skip != "compute":
-        res["compute"] = bench_compute(repeats, args.batch)
+        from jaxrec.bench import matmul_gflops
+
+        res["matmul_peak_gflops_f32"] = round(max(matmul_gflops(n) for n in (1024, 2048)), 1)
+        print(f"f32 matmul peak (1024^3 / 2048^3, best): {res['matmul_peak_gflops_f32']} GFLOP/s", flush=True)
+        res["compute"] = bench_compute(repeats, args.batch, res["matmul_peak_gflops_f32"])
     if args.skip != "retrieval":
         res["retrieval"] = bench_retrieval(repeats, (100_000,) if args.quick else (100_000, 1_000_000))
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
