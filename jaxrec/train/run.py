@@ -41,6 +41,7 @@ class Experiment:
         self.data_info = catalog.info(cfg.data.name, raw_dir=data_dir)
         self.sources = {s: catalog.load(cfg.data.name, s, raw_dir=data_dir) for s in self.data_info.split_sizes}
         self.task = registry.get_task(cfg.task.name)(cfg, self.data_info)
+        self._eval_sources = {}  # split -> records (eval_source)
         self.partitioner = build_partitioner(cfg)
         self.partitioner.check_batch_size(cfg.train.batch_size)
         if cfg.eval.batch_size % self.partitioner.num_data_shards:
@@ -81,11 +82,10 @@ class Experiment:
     def eval_source(self, split: str):
         """The records of a held-out split: the split itself, or what the task makes of it (``task.eval_source``,
         e.g. several held-out positions per record)."""
-        cache = self.__dict__.setdefault("_eval_sources", {})
-        if split not in cache:
+        if split not in self._eval_sources:
             hook = getattr(self.task, "eval_source", None)
-            cache[split] = hook(split, self.sources[split]) if hook is not None else self.sources[split]
-        return cache[split]
+            self._eval_sources[split] = hook(split, self.sources[split]) if hook is not None else self.sources[split]
+        return self._eval_sources[split]
 
     def eval_batches(self, split: str):
         from jaxrec.data import pipeline
