@@ -47,3 +47,37 @@ def test_latency_rows_time_the_compile_and_the_store_bytes():
     assert kv["store_value_bytes"] == kv["store_value_bytes_formula"] and kv["hit_rate"] == 1.0
     assert "store_value_bytes" not in rows[1]  # no cache without one
     assert len(logs) == 2 and "compile" in logs[0] and "kv L=1 n=4 d=8" in logs[0]
+
+
+def _tables_module():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "marm_tables.py"
+    spec = importlib.util.spec_from_file_location("jaxrec_benchmarks_marm_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
+    tables = _tables_module()
+    res = {"grid": {"flops_d": [8], "flops_n": [4]}, "flops": bench.flops_grid((1, 2), (4,), (8,)),
+           "flops_check": [], "latency": [],
+           "quality": [dict(seed=s, mode="kv", L=2, n=4, d=8, auc=a, gauc=g, flops_per_sample=10.0,
+                            cache_values_per_user=64, gauc_ceiling=0.9, staleness_gauc_cost=c)
+                       for s, a, g, c in ((0, 0.7, 0.6, -0.01), (1, 0.8, 0.62, 0.01))]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    assert tables.main([str(path), "--d", "8", "--n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| kv | 2 | 4 | 2 | 10 | 64 | 0.7500 ± 0.0707 | 0.6100 ± 0.0141 | 0.0000 ± 0.0141 |" in out
+    by = {(r["mode"], r["L"]): r for r in res["flops"] if r["n"] == 4 and r["d"] == 8}
+    row = next(x for x in out.splitlines() if x.startswith("| 2 | "))  # the flops table's L = 2 row
+    assert row.endswith(f"| {by['none', 2]['flops'] / by['kv', 2]['flops']:.1f} | "
+                        f"{by['kv', 2]['cache_values_per_user']:,} |")
+    assert "(no latency rows)" in out and "(no flops_check rows)" in out
+    with pytest.raises(SystemExit, match="no flops rows"):
+        tables.main([str(path), "--d", "16"])
+    with pytest.raises(SystemExit, match="unknown table"):
+        tables.main([str(path), "--tables", "speed"])
