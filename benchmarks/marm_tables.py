@@ -2,6 +2,8 @@
 
     python benchmarks/marm_tables.py benchmarks/results/marm_medium.json            # every table
     python benchmarks/marm_tables.py benchmarks/results/marm_small.json --tables flops,quality --d 32 --n 512
+    python benchmarks/marm_tables.py benchmarks/results/marm_medium.quality.jsonl   # quality rows so far (a run
+                                                                                     # in progress)
 
 Tables: ``flops`` (analytic per-sample forward FLOPs of the sequence module against effective depth L, cached
 variants next to full recomputation, at one width ``--d`` and history ``--n``), ``check`` (analytic vs traced
@@ -110,7 +112,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=256, help="history length of the flops table")
     a = p.parse_args(argv)
     with open(a.result) as f:
-        res = json.load(f)
+        if a.result.endswith(".jsonl"):  # the quality rows file of a run in progress: the quality table only
+            res = {"quality": [json.loads(line) for line in f if line.strip().endswith("}")]}
+            a.tables = "quality"
+        else:
+            res = json.load(f)
     for name in [t.strip() for t in a.tables.split(",") if t.strip()]:
         if name not in TABLES:
             raise SystemExit(f"marm_tables: unknown table {name!r}; expected some of {list(TABLES)}")

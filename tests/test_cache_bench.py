@@ -77,6 +77,12 @@ def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
     assert row.endswith(f"| {by['none', 2]['flops'] / by['kv', 2]['flops']:.1f} | "
                         f"{by['kv', 2]['cache_values_per_user']:,} |")
     assert "(no latency rows)" in out and "(no flops_check rows)" in out
+    # a run in progress: its quality rows file (a cut last line is skipped), the quality table only
+    rows = tmp_path / "r.quality.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in res["quality"]) + '{"seed": 2, "mode": "kv"')
+    assert tables.main([str(rows)]) == 0
+    part = capsys.readouterr().out
+    assert "| kv | 2 | 4 | 2 | 10 | 64 | 0.7500 ± 0.0707 |" in part and "FLOPs of the sequence module" not in part
     with pytest.raises(SystemExit, match="no flops rows"):
         tables.main([str(path), "--d", "16"])
     with pytest.raises(SystemExit, match="unknown table"):
