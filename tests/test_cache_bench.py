@@ -87,3 +87,35 @@ def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
         tables.main([str(path), "--d", "16"])
     with pytest.raises(SystemExit, match="unknown table"):
         tables.main([str(path), "--tables", "speed"])
+
+
+def test_finished_sections_are_reused_after_an_interruption(tmp_path, monkeypatch):
+    grid = dict(bench.SMALL, check=[("kv", 1, 4, 8)], latency=[("kv", 1, 4, 8)], latency_batch=4,
+                latency_repeats=2)
+    monkeypatch.setitem(bench.GRIDS, "tiny_test", grid)
+    calls = []  # the measurements themselves are tested above; here only what is measured and what is reused
+    monkeypatch.setattr(bench, "flops_check", lambda c: calls.append("check") or [{"mode": c[0][0], "x": 1.5}])
+    monkeypatch.setattr(bench, "latency",
+                        lambda c, b, r, log=None: calls.append("latency") or [{"mode": c[0][0], "repeats": r}])
+    kw = dict(out_dir=tmp_path, name="t", sections=("flops", "check", "latency"), grid="tiny_test")
+    logs = []
+    first = bench.run(log=logs.append, **kw)
+    assert calls == ["check", "latency"] and (tmp_path / "t.sections.json").exists()
+    calls.clear()
+    logs.clear()
+    again = bench.run(log=logs.append, **kw)
+    assert calls == [] and again["latency"] == first["latency"] == [{"mode": "kv", "repeats": 2}]
+    assert again["flops_check"] == first["flops_check"] == [{"mode": "kv", "x": 1.5}]
+    assert sum("from" in m and "t.sections.json" in m for m in logs) == 2
+    assert set(again["sections_reused"]) == {"flops_check", "latency"} and "sections_reused" not in first
+    # another latency setting: that section is measured again, the cross-check is still reused
+    monkeypatch.setitem(bench.GRIDS, "tiny_test", dict(grid, latency_repeats=3))
+    logs.clear()
+    bench.run(log=logs.append, **kw)
+    assert calls == ["latency"] and any("another setting" in m for m in logs)
+    # an unreadable file is reported and everything measured again
+    (tmp_path / "t.sections.json").write_text("{cut")
+    calls.clear()
+    logs.clear()
+    bench.run(log=logs.append, **kw)
+    assert calls == ["check", "latency"] and any("unreadable" in m for m in logs)

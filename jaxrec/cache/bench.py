@@ -30,7 +30,8 @@ without the cache.
    without the cache, FLOPs vs cache size per variant.
 
 Results: ``<out_dir>/marm.json`` and ``marm.png`` (``marm_small.*`` / ``marm_medium.*`` for the small / medium
-grids); quality rows are also appended to ``<name>.quality.jsonl`` as they finish, and a rerun resumes from them.
+grids); quality rows are also appended to ``<name>.quality.jsonl`` as they finish and the finished cross-check and
+latency sections are kept in ``<name>.sections.json``, so a rerun after an interruption resumes from them.
 """
 
 from __future__ import annotations
@@ -401,13 +402,44 @@ def plot(result: dict, path) -> None:
 
 # ============================================================================================ entry
 
+def _section_setting(g: dict, sec: str) -> dict:
+    """What a section's rows depend on (JSON-comparable): its configurations, and batch / repeats for latency."""
+    out = {"configs": [list(c) for c in g[sec]]}
+    if sec == "latency":
+        out.update(batch=g["latency_batch"], repeats=g["latency_repeats"])
+    return out
+
+
+def _load_sections(path, g: dict, log) -> dict:
+    """Finished non-quality sections of an earlier, interrupted run (``{"flops_check": {...}, "latency": {...}}``)
+    whose configurations equal this grid's; anything unreadable or from another grid is ignored (and logged)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log(f"marm bench: {path}: unreadable ({e}); those sections are measured again")
+        return {}
+    keep = {}
+    for key, sec in (("flops_check", "check"), ("latency", "latency")):
+        entry = done.get(key)
+        if not isinstance(entry, dict) or "rows" not in entry:
+            continue
+        if entry.get("setting") != _section_setting(g, sec):
+            log(f"marm bench: {path}: {key} was measured with another setting; measured again")
+            continue
+        keep[key] = entry
+    return keep
+
+
 def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/results", name: str | None = None,
         sections=("flops", "check", "latency", "quality"), log=print, grid: str | None = None) -> dict:
     """Runs the benchmark (``small``: minutes on 2 CPU cores) and writes ``<out_dir>/<name>.json`` and ``.png``
     (``name`` defaults to ``marm_<grid>`` -- ``marm_small`` / ``marm_medium`` / ``marm`` for the full grid;
     ``out_dir=None`` writes nothing). ``grid`` ("small" | "medium" | "full") overrides ``small``. With an
-    ``out_dir``, quality rows are appended to ``<name>.quality.jsonl`` as they finish and a rerun resumes from
-    them (delete the file to start over). Returns the result dict."""
+    ``out_dir``, quality rows are appended to ``<name>.quality.jsonl`` as they finish and the finished cross-check
+    and latency sections are kept in ``<name>.sections.json``; a rerun resumes from both (delete them to start
+    over). Returns the result dict."""
     grid = grid or ("small" if small else "full")
     if grid not in GRIDS:
         raise ValueError(f"marm bench: grid must be one of {sorted(GRIDS)}, got {grid!r}")
@@ -421,12 +453,29 @@ def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/res
     res = {"benchmark": "marm", "grid_name": grid, "small": grid == "small", "machine": _machine(), "grid": {
         k: v for k, v in g.items() if k not in ("check", "latency", "quality")}}
     res["flops"] = flops_grid(g["flops_L"], g["flops_n"], g["flops_d"])
-    if "check" in sections:
-        log("marm bench: FLOPs cross-check (analytic / traced dots / XLA)")
-        res["flops_check"] = flops_check(g["check"])
-    if "latency" in sections:
-        log("marm bench: serve latency")
-        res["latency"] = latency(g["latency"], g["latency_batch"], g["latency_repeats"], log=log)
+    # finished sections are kept in <name>.sections.json, so a rerun after an interruption goes straight on to
+    # the quality rows (which resume from their own file); reused only for the same grid configurations
+    done_path = None if out_dir is None else pathlib.Path(out_dir) / f"{stem}.sections.json"
+    done = _load_sections(done_path, g, log)
+    for sec, title, fn in (
+            ("check", "FLOPs cross-check (analytic / traced dots / XLA)", lambda: flops_check(g["check"])),
+            ("latency", "serve latency",
+             lambda: latency(g["latency"], g["latency_batch"], g["latency_repeats"], log=log))):
+        if sec not in sections:
+            continue
+        key = {"check": "flops_check", "latency": "latency"}[sec]
+        if key in done:
+            log(f"marm bench: {title}: {len(done[key]['rows'])} rows from {done_path} (measured "
+                f"{done[key]['when']}; delete the file to measure again)")
+            res[key] = done[key]["rows"]
+            res.setdefault("sections_reused", {})[key] = done[key]["when"]  # measured by an earlier run, then
+            continue
+        log(f"marm bench: {title}")
+        res[key] = fn()
+        if done_path is not None:
+            done[key] = {"setting": _section_setting(g, sec), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "rows": res[key]}
+            done_path.write_text(json.dumps(done, indent=1, default=float))
     if "quality" in sections:
         log("marm bench: quality on the synthetic stream")
         prev = jax.config.read("jax_disable_most_optimizations")
