@@ -54,14 +54,15 @@ def check_table(res: dict) -> list[str]:
     if not rows:
         return ["(no flops_check rows)"]
     dot = [r["dot_over_analytic"] for r in rows]
-    xla = [r["xla_over_analytic"] for r in rows]
+    xla = [r["xla_over_analytic"] for r in rows if r["xla_over_analytic"] is not None]  # None: no cost analysis
+    xla_txt = f"min {min(xla):.3f} max {max(xla):.3f}" if xla else "not available"
     out = [f"FLOPs cross-check over {len(rows)} unrolled configurations: traced dot_general / analytic "
-           f"min {min(dot):.4f} max {max(dot):.4f}; XLA cost_analysis / analytic min {min(xla):.3f} "
-           f"max {max(xla):.3f}.", "",
+           f"min {min(dot):.4f} max {max(dot):.4f}; XLA cost_analysis / analytic {xla_txt}.", "",
            "| mode | L | n | d | analytic | traced dots | XLA | XLA / analytic |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        x = "— | —" if r["xla"] is None else f"{r['xla']:,.0f} | {r['xla_over_analytic']:.3f}"
         out.append(f"| {r['mode']} | {r['L']} | {r['n']} | {r['d']} | {r['analytic']:,.0f} | {r['traced_dot']:,.0f} "
-                   f"| {r['xla']:,.0f} | {r['xla_over_analytic']:.3f} |")
+                   f"| {x} |")
     return out
 
 
@@ -101,7 +102,19 @@ def quality_table(res: dict) -> list[str]:
     return out
 
 
-TABLES = {"flops": None, "check": check_table, "latency": latency_table, "quality": quality_table}
+TABLES = {"flops": lambda res, a: flops_table(res, a.d, a.n), "check": lambda res, a: check_table(res),
+          "latency": lambda res, a: latency_table(res), "quality": lambda res, a: quality_table(res)}
+
+
+def _rows(f) -> list[dict]:
+    """Rows of a JSON-lines file; a line cut by a kill mid-write is skipped."""
+    out = []
+    for line in f:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def main(argv=None) -> int:
@@ -113,14 +126,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     with open(a.result) as f:
         if a.result.endswith(".jsonl"):  # the quality rows file of a run in progress: the quality table only
-            res = {"quality": [json.loads(line) for line in f if line.strip().endswith("}")]}
+            res = {"quality": _rows(f)}
             a.tables = "quality"
         else:
             res = json.load(f)
     for name in [t.strip() for t in a.tables.split(",") if t.strip()]:
         if name not in TABLES:
             raise SystemExit(f"marm_tables: unknown table {name!r}; expected some of {list(TABLES)}")
-        lines = flops_table(res, a.d, a.n) if name == "flops" else TABLES[name](res)
+        lines = TABLES[name](res, a)
         print("\n".join(lines) + "\n")
     return 0
 

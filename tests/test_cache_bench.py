@@ -63,7 +63,8 @@ def _tables_module():
 def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
     tables = _tables_module()
     res = {"grid": {"flops_d": [8], "flops_n": [4]}, "flops": bench.flops_grid((1, 2), (4,), (8,)),
-           "flops_check": [], "latency": [],
+           "flops_check": [dict(mode="kv", L=1, n=4, d=8, analytic=10.0, traced_dot=10.0, xla=None,
+                                dot_over_analytic=1.0, xla_over_analytic=None)], "latency": [],
            "quality": [dict(seed=s, mode="kv", L=2, n=4, d=8, auc=a, gauc=g, flops_per_sample=10.0,
                             cache_values_per_user=64, gauc_ceiling=0.9, staleness_gauc_cost=c)
                        for s, a, g, c in ((0, 0.7, 0.6, -0.01), (1, 0.8, 0.62, 0.01))]}
@@ -76,7 +77,8 @@ def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
     row = next(x for x in out.splitlines() if x.startswith("| 2 | "))  # the flops table's L = 2 row
     assert row.endswith(f"| {by['none', 2]['flops'] / by['kv', 2]['flops']:.1f} | "
                         f"{by['kv', 2]['cache_values_per_user']:,} |")
-    assert "(no latency rows)" in out and "(no flops_check rows)" in out
+    assert "(no latency rows)" in out and "| kv | 1 | 4 | 8 | 10 | 10 | — | — |" in out
+    assert "XLA cost_analysis / analytic not available" in out
     # a run in progress: its quality rows file (a cut last line is skipped), the quality table only
     rows = tmp_path / "r.quality.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in res["quality"]) + '{"seed": 2, "mode": "kv"')
