@@ -1,16 +1,12 @@
 """experiments/aggregate.py: mean ± std over seeds, per-metric model selection (``--select``), clear errors."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
+from helpers import load_script
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "aggregate.py"
-_spec = importlib.util.spec_from_file_location("jaxrec_experiments_aggregate", _PATH)
-agg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(agg)
+agg = load_script("experiments/aggregate.py")
 
 
 def _run(root, name, test, selected=None):

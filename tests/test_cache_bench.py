@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import load_script
 
 from jaxrec.cache import bench
 
@@ -49,19 +50,8 @@ def test_latency_rows_time_the_compile_and_the_store_bytes():
     assert len(logs) == 2 and "compile" in logs[0] and "kv L=1 n=4 d=8" in logs[0]
 
 
-def _tables_module():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "marm_tables.py"
-    spec = importlib.util.spec_from_file_location("jaxrec_benchmarks_marm_tables", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
-    tables = _tables_module()
+    tables = load_script("benchmarks/marm_tables.py")
     res = {"grid": {"flops_d": [8], "flops_n": [4]}, "flops": bench.flops_grid((1, 2), (4,), (8,)),
            "flops_check": [dict(mode="kv", L=1, n=4, d=8, analytic=10.0, traced_dot=10.0, xla=None,
                                 dot_over_analytic=1.0, xla_over_analytic=None)], "latency": [],

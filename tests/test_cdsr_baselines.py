@@ -6,6 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import load_script
 from test_c2dsr import NX, NY, PAD, T, make_record, synthetic_info, synthetic_records
 
 from jaxrec.data import c2dsr_transforms as ct
@@ -116,17 +117,11 @@ def test_evaluation_is_c2dsr_evaluation(records, mode):
 
 
 def test_config_errors_and_experiment_configs():
-    import importlib.util
-    import pathlib
-
     from jaxrec.config import ConfigError
 
     with pytest.raises(ConfigError):
         cb.CDSRSASRecTask(make_cfg("both"), synthetic_info(), train_records=synthetic_records(8))
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "sasrec_cdsr_food_kitchen.py"
-    spec = importlib.util.spec_from_file_location("sasrec_cdsr_fk", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("experiments/sasrec_cdsr_food_kitchen.py")
     for mode in ("mixed", "x", "y"):
         c = mod.get_config(mode)
         assert c.task.mode == mode and c.model.embed_dim == 256 and c.model.max_len == 15

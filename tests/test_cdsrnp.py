@@ -5,14 +5,12 @@ branch is off, engine train steps and evaluation views, configs.
 Spec: ../shared/papers/cdsrnp.md. Tiny synthetic data (NX = 12, NY = 15, T = 8, d = 16, one block).
 """
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import load_script
 
 from jaxrec.data import c2dsr_transforms as ct
 from jaxrec.data import cdsrnp_transforms as nt
@@ -27,7 +25,6 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 NX, NY, T, D = 12, 15, 8, 16
 PAD = NX + NY
 NQ, NS, E = 8, 4, 2  # 2 episodes of 8 queries and 4 support users per step
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def make_record(uid, seq):
@@ -444,9 +441,7 @@ def test_config_errors():
 @pytest.mark.parametrize("name,arg", [("cdsrnp_food_kitchen", None), ("cdsrnp_food_kitchen", "tiny"),
                                       ("cdsrnp_afk", None), ("cdsrnp_afk", "50,0.25"), ("cdsrnp_afk", "tiny")])
 def test_experiment_configs(name, arg):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(f"experiments/{name}.py")
     c = mod.get_config(arg)
     assert c.model.name == "cdsrnp" and c.task.name == "cdsrnp"
     assert c.train.batch_size % c.task.query_size == 0

@@ -4,13 +4,13 @@ import csv
 import fnmatch
 import gzip
 import hashlib
-import importlib.util
 import pathlib
 import re
 import tomllib
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 from jaxrec.data import catalog
 from jaxrec.data.builders import embedded as emb
@@ -149,9 +149,7 @@ def test_strict_reader_names_line_and_field(tmp_path):
 
 
 def test_make_script_reproduces_shipped_files(shared_data, tmp_path):
-    spec = importlib.util.spec_from_file_location("make_embedded", REPO / "scripts" / "make_embedded_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/make_embedded_dataset.py")
     mod.build(shared_data / mod.SOURCE_REL, shared_data / mod.LICENSE_REL, tmp_path)
     for f in SHIPPED:
         assert (tmp_path / f).read_bytes() == (emb.PACKAGE_DIR / f).read_bytes(), f

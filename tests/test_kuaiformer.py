@@ -2,15 +2,13 @@
 vs a NumPy reference, streaming logQ, dense re-indexing and transforms, bad input, a real train step with the
 loss decreasing, evaluation vs brute force, baselines, analytic FLOPs vs XLA, experiment configs."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import load_script
 
 from jaxrec.config import ConfigError
 from jaxrec.data.catalog import DatasetInfo
@@ -619,11 +617,7 @@ def test_analytic_flops_match_xla_on_a_tiny_unrolled_config():
 
 
 def _experiment_module():
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "kuaiformer_kuairand1k.py"
-    spec = importlib.util.spec_from_file_location("_kf_exp", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/kuaiformer_kuairand1k.py")
 
 
 def test_experiment_configs_build_their_models():

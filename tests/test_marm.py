@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import load_script
 
 from jaxrec.config import ConfigError
 from jaxrec.data.catalog import DatasetInfo
@@ -354,14 +355,9 @@ def test_stream_evaluation_writes_the_cache_and_equals_static_without_one(tasks,
 
 
 def test_stream_table_means_over_seeds_and_marks_cacheless_rows(tmp_path):
-    import importlib.util
     import json
-    import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "marm_stream_table.py"
-    spec = importlib.util.spec_from_file_location("marm_stream_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("experiments/marm_stream_table.py")
 
     def write(name, mode, g_static, g_stream, hits=(0.7, 0.97)):
         m = lambda g, h: {"gauc/is_click": g, "gauc/long_view": g, "auc/is_click": g, "cache/hit_rate": h}  # noqa

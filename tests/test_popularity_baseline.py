@@ -1,15 +1,11 @@
 """experiments/kuairand1k_popularity.py: the most-popular HR@K with ties broken at random in expectation."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
+from helpers import load_script
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "kuairand1k_popularity.py"
-_spec = importlib.util.spec_from_file_location("jaxrec_experiments_popularity", _PATH)
-pop = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pop)
+pop = load_script("experiments/kuairand1k_popularity.py")
 
 
 def _brute(train, targets, k, trials=20000, seed=0):

@@ -1,14 +1,10 @@
 """experiments/cdsr_split_stats.py: per-split target popularity, history lengths and the most-popular MRR."""
 
-import importlib.util
-import pathlib
+from helpers import load_script
 
 from jaxrec.data.builders import cross_domain_seq as C
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "cdsr_split_stats.py"
-_spec = importlib.util.spec_from_file_location("jaxrec_experiments_split_stats", _PATH)
-ss = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ss)
+ss = load_script("experiments/cdsr_split_stats.py")
 
 
 def _write(root, name, seqs):
