@@ -402,6 +402,9 @@ def plot(result: dict, path) -> None:
 
 # ============================================================================================ entry
 
+_SECTION_KEYS = {"check": "flops_check", "latency": "latency"}  # grid section -> result key
+
+
 def _section_setting(g: dict, sec: str) -> dict:
     """What a section's rows depend on (JSON-comparable): its configurations, and batch / repeats for latency."""
     out = {"configs": [list(c) for c in g[sec]]}
@@ -421,7 +424,7 @@ def _load_sections(path, g: dict, log) -> dict:
         log(f"marm bench: {path}: unreadable ({e}); those sections are measured again")
         return {}
     keep = {}
-    for key, sec in (("flops_check", "check"), ("latency", "latency")):
+    for sec, key in _SECTION_KEYS.items():
         entry = done.get(key)
         if not isinstance(entry, dict) or "rows" not in entry:
             continue
@@ -463,7 +466,7 @@ def run(small: bool = True, out_dir: str | pathlib.Path | None = "benchmarks/res
              lambda: latency(g["latency"], g["latency_batch"], g["latency_repeats"], log=log))):
         if sec not in sections:
             continue
-        key = {"check": "flops_check", "latency": "latency"}[sec]
+        key = _SECTION_KEYS[sec]
         if key in done:
             log(f"marm bench: {title}: {len(done[key]['rows'])} rows from {done_path} (measured "
                 f"{done[key]['when']}; delete the file to measure again)")
