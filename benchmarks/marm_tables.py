@@ -4,6 +4,7 @@
     python benchmarks/marm_tables.py benchmarks/results/marm_small.json --tables flops,quality --d 32 --n 512
     python benchmarks/marm_tables.py benchmarks/results/marm_medium.quality.jsonl   # quality rows so far (a run
                                                                                      # in progress)
+    python benchmarks/marm_tables.py benchmarks/results/marm_medium.quality.jsonl --seeds 0,1   # those seeds only
 
 Tables: ``flops`` (analytic per-sample forward FLOPs of the sequence module against effective depth L, cached
 variants next to full recomputation, at one width ``--d`` and history ``--n``), ``check`` (analytic vs traced
@@ -123,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--tables", default="flops,check,latency,quality", help=f"comma-separated of {list(TABLES)}")
     p.add_argument("--d", type=int, default=64, help="width of the flops table")
     p.add_argument("--n", type=int, default=256, help="history length of the flops table")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of the quality rows to use (default all)")
     a = p.parse_args(argv)
     with open(a.result) as f:
         if a.result.endswith(".jsonl"):  # the quality rows file of a run in progress: the quality table only
@@ -130,6 +132,9 @@ def main(argv=None) -> int:
             a.tables = "quality"
         else:
             res = json.load(f)
+    if a.seeds is not None and "quality" in res:
+        keep = {int(x) for x in a.seeds.split(",") if x.strip()}
+        res["quality"] = [r for r in res["quality"] if r["seed"] in keep]
     for name in [t.strip() for t in a.tables.split(",") if t.strip()]:
         if name not in TABLES:
             raise SystemExit(f"marm_tables: unknown table {name!r}; expected some of {list(TABLES)}")

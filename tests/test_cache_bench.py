@@ -75,6 +75,8 @@ def test_marm_tables_render_means_over_seeds_and_flops_ratios(tmp_path, capsys):
     assert tables.main([str(rows)]) == 0
     part = capsys.readouterr().out
     assert "| kv | 2 | 4 | 2 | 10 | 64 | 0.7500 ± 0.0707 |" in part and "FLOPs of the sequence module" not in part
+    assert tables.main([str(rows), "--seeds", "1"]) == 0
+    assert "| kv | 2 | 4 | 1 | 10 | 64 | 0.8000 | 0.6200 | 0.0100 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no flops rows"):
         tables.main([str(path), "--d", "16"])
     with pytest.raises(SystemExit, match="unknown table"):
