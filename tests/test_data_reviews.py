@@ -5,6 +5,7 @@ import json
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -201,6 +202,35 @@ def test_movielens_build_synthetic(tmp_path):
     assert md["item_genres"][1] == [1] and md["genre_names"][1] == "Action" and md["internal_only"]
 
 
+def test_movielens_sequence_view_synthetic(tmp_path):
+    """``movielens-100k/seq``: one chronological record per user and split, leave-one-out like the flat view."""
+    root = tmp_path / "raw"
+    cfg = _write_ml(root, _ML_DATA)
+    b = movielens.JaxrecMovieLensSeq(config=cfg, raw_dir=root, data_dir=str(tmp_path / "tfds"))
+    b.download_and_prepare()
+
+    def recs(split):
+        src = b.as_data_source(split)
+        return {int(r["user_id"]): (list(r["items"]), int(r["target"]), list(r["ratings"]), int(r["target_rating"]),
+                                    list(r["timestamps"]))
+                for r in (src[i] for i in range(len(src)))}
+
+    # user 1 by time: items 1 (t100, r5), 3 (t200, r3), 2 (t300, r4), 4 (t400, r1); user 2: 3 (t10), then the t=50
+    # tie in line order 1, 2; user 3 has 2 ratings: a train record only (counted)
+    assert recs("train") == {1: ([1], 3, [5], 3, [100]), 2: ([], 3, [], 5, []), 3: ([4], 1, [4], 1, [1])}
+    assert recs("valid") == {1: ([1, 3], 2, [5, 3], 4, [100, 200]), 2: ([3], 1, [5], 2, [10])}
+    assert recs("test") == {1: ([1, 3, 2], 4, [5, 3, 4], 1, [100, 200, 300]), 2: ([3, 1], 2, [5, 2], 2, [10, 50])}
+    r = b.as_data_source("test")[0]
+    assert set(r) == set(catalog.SEQUENCE_FIELDS) | {"ratings", "target_rating"}
+    assert not r["overlap"] and int(r["target_domain"]) == 0 and not np.asarray(r["domains"]).any()
+    md = b.info.metadata
+    assert md["catalog_name"] == "movielens-100k/seq" and md["internal_only"] and md["num_items"] == 4
+    (drop,) = md["drops"]["leave-one-out"].values()
+    assert drop["count"] == 1
+    spec = catalog.spec("movielens-100k/seq")
+    assert spec.kind == "sequence" and spec.internal_only
+
+
 @pytest.mark.parametrize("bad, msg, line, field", [
     ("1\t1\t5\n", "malformed line", 2, "line"),
     ("1\t9\t5\t7\n", "outside the declared range", 2, "item"),
@@ -238,3 +268,15 @@ def test_movielens_real_stats(shared_data, tmp_path):
     key, rec = next(gens["test"])
     assert set(rec) == {"user_id", "item_id", "rating", "timestamp"}
     b.info.features.encode_example(rec)
+
+
+def test_movielens_sequence_view_real(shared_data, tmp_path):
+    """The real ratings as sequences (dry preparation): every rating is in each user's test record, in time order."""
+    b = catalog.spec("movielens-100k/seq").make_builder(str(shared_data), str(tmp_path))
+    gens = b._split_generators(None)
+    test = [rec for _, rec in gens["test"]]
+    assert len(test) == 943 and sum(len(r["items"]) + 1 for r in test) == 100000
+    assert all(np.all(np.diff(r["timestamps"]) >= 0) for r in test)
+    train = {int(r["user_id"]): r for _, r in gens["train"]}
+    assert all(list(train[int(r["user_id"])]["items"]) == list(r["items"][:-2]) for r in test)
+    b.info.features.encode_example(test[0])

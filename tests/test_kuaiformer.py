@@ -627,7 +627,8 @@ def test_experiment_configs_build_their_models():
               "hist256_compressed": ("kuaiformer", 1, 55), "no_logq": ("kuaiformer", 6, 55),
               "sasrec": ("sasrec", 1, 256), "two_tower": ("two_tower", 1, 1), "hist64,k6": ("kuaiformer", 6, 64),
               "k2,embedded": ("kuaiformer", 2, 64), "sasrec,embedded": ("sasrec", 1, 64),
-              "hist256_uncompressed,frequent": ("kuaiformer", 1, 256)}
+              "hist256_uncompressed,frequent": ("kuaiformer", 1, 256), "hist64,ml100k": ("kuaiformer", 1, 64),
+              "hist256_compressed,ml100k": ("kuaiformer", 1, 55), "hist256_uncompressed,ml100k": ("kuaiformer", 1, 256)}
     for arg, (name, k, tokens) in expect.items():
         cfg = mod.get_config(arg or None)
         task = KF.KuaiFormerTask(cfg, fake_info(), vocab=make_vocab())
@@ -640,6 +641,9 @@ def test_experiment_configs_build_their_models():
         if arg.endswith("embedded"):
             assert cfg.data.name == "kuairand_embedded" and cfg.model.max_len == 64 and cfg.task.side_key == "tabs"
             assert task.side_key == ("tabs" if name == "kuaiformer" else None)  # SASRec has no side feature
+        if arg.endswith("ml100k"):  # the history ablation on MovieLens: the variant's history length is kept
+            assert cfg.data.name == "movielens-100k/seq" and task.side_key == "ratings" and task.min_history == 1
+            assert cfg.model.num_domains == 6 and cfg.train.num_steps == mod.ML100K_STEPS
         if arg.endswith("frequent"):
             assert (task.cut_targets, task.eval_positions, cfg.task.min_item_count) == ("in_vocab", 4, 10)
         assert task.train_flops_per_example() > 0

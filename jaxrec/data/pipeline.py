@@ -49,7 +49,7 @@ from jaxrec.data.errors import DataError
 
 PAD_ID = 0
 # per-step side features of the sequence schema: history key -> key of the target's value
-SIDE_KEYS = {"domains": "target_domain", "tabs": "target_tab"}
+SIDE_KEYS = {"domains": "target_domain", "tabs": "target_tab", "ratings": "target_rating"}
 
 
 def _check_max_len(max_len: int) -> int:
