@@ -5,6 +5,7 @@ history-blind reference for the KuaiFormer HR@K table.
     python experiments/kuairand1k_popularity.py
     python experiments/kuairand1k_popularity.py --data kuairand_embedded --ks 10 50 100   # the packaged clicks
     python experiments/kuairand1k_popularity.py --min_count 10 --positions 4   # the ``frequent`` protocol
+    python experiments/kuairand1k_popularity.py --data movielens-100k/seq --ks 10 50 100   # the ``ml100k`` protocol
 
 Scores every item of KuaiFormer's vocabulary (the ids that occur in the training windows) by its number of
 training occurrences (history and target, as ``jaxrec.models.kuaiformer.ItemVocab`` counts them) and ranks the
@@ -27,6 +28,8 @@ import numpy as np
 from jaxrec.data.builders.kuairand1k import read_kuairand1k
 
 KS = (50, 100, 500, 1000)
+CATALOG_DATA = ("movielens-100k/seq",)
+DATA = ("kuairand1k", "kuairand_embedded", *CATALOG_DATA)
 
 
 def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS, min_count: int = 1) -> dict:
@@ -90,7 +93,8 @@ def transition_hr(model, histories, targets, ks=KS, min_count: int = 1) -> dict:
 
 
 def load_sequences(data: str, raw_dir=None) -> tuple[list, dict]:
-    """``(training sequences, {split: (histories, targets)})`` of ``kuairand1k`` or ``kuairand_embedded``
+    """``(training sequences, {split: (histories, targets)})`` of ``kuairand1k``, ``kuairand_embedded`` or a
+    catalogue sequence dataset (``CATALOG_DATA``)
     (a training sequence is a whole record ``items + [target]``)."""
     if data == "kuairand1k":
         d = read_kuairand1k(raw_dir)
@@ -112,12 +116,25 @@ def load_sequences(data: str, raw_dir=None) -> tuple[list, dict]:
             recs = list(embedded.split_records(ev, s))
             held[s] = ([np.asarray(r["items"], np.int64) for r in recs], np.array([r["target"] for r in recs]))
         return train, held
-    raise ValueError(f"--data: expected kuairand1k or kuairand_embedded, got {data!r}")
+    if data in CATALOG_DATA:  # any prepared sequence dataset of the catalogue (records = items + target)
+        from jaxrec.data import catalog
+
+        def recs(split):
+            src = catalog.load(data, split, raw_dir=raw_dir)
+            return [src[i] for i in range(len(src))]
+
+        train = [np.append(r["items"], r["target"]).astype(np.int64) for r in recs("train")]
+        held = {}
+        for s in ("valid", "test"):
+            rr = recs(s)
+            held[s] = ([np.asarray(r["items"], np.int64) for r in rr], np.array([int(r["target"]) for r in rr]))
+        return train, held
+    raise ValueError(f"--data: expected one of {DATA}, got {data!r}")
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="kuairand1k", choices=("kuairand1k", "kuairand_embedded"))
+    ap.add_argument("--data", default="kuairand1k", choices=DATA)
     ap.add_argument("--raw_dir", default=None, help="the data folder (default: ../shared/data or the package)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS))
     ap.add_argument("--min_count", type=int, default=1,
