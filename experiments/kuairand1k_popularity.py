@@ -5,7 +5,7 @@ history-blind reference for the KuaiFormer HR@K table.
     python experiments/kuairand1k_popularity.py
     python experiments/kuairand1k_popularity.py --data kuairand_embedded --ks 10 50 100   # the packaged clicks
     python experiments/kuairand1k_popularity.py --min_count 10 --positions 4   # the ``frequent`` protocol
-    python experiments/kuairand1k_popularity.py --data movielens-100k/seq --ks 10 50 100   # the ``ml100k`` protocol
+    python experiments/kuairand1k_popularity.py --data movielens-100k/seq --ks 10 50 100 --exclude_history   # ``ml100k``
 
 Scores every item of KuaiFormer's vocabulary (the ids that occur in the training windows) by its number of
 training occurrences (history and target, as ``jaxrec.models.kuaiformer.ItemVocab`` counts them) and ranks the
@@ -32,9 +32,11 @@ CATALOG_DATA = ("movielens-100k/seq",)
 DATA = ("kuairand1k", "kuairand_embedded", *CATALOG_DATA)
 
 
-def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS, min_count: int = 1) -> dict:
+def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS, min_count: int = 1,
+                  exclude: list | None = None) -> dict:
     """HR@k of the most-popular ranker; ``train_ids`` every training occurrence, ``targets`` the held-out ids;
-    the catalogue is the ids with at least ``min_count`` training occurrences (the task's ``min_item_count``)."""
+    the catalogue is the ids with at least ``min_count`` training occurrences (the task's ``min_item_count``).
+    ``exclude``: per target, the ids taken out of its ranking (its history; the target itself never is)."""
     train_ids = np.asarray(train_ids, np.int64)
     train_ids = train_ids[train_ids > 0]
     counts = np.bincount(train_ids, minlength=int(max(train_ids.max(), np.max(targets))) + 1)
@@ -46,6 +48,13 @@ def popularity_hr(train_ids: np.ndarray, targets: np.ndarray, ks=KS, min_count: 
     greater = catalogue.size - np.searchsorted(catalogue, c, side="right")
     equal = np.searchsorted(catalogue, c, side="right") - np.searchsorted(catalogue, c, side="left") - 1
     equal = np.maximum(equal, 0)  # an OOV target (count 0) is not in the catalogue: no tie group (and a miss)
+    if exclude is not None:
+        for b, (h, y) in enumerate(zip(exclude, np.asarray(targets, np.int64))):
+            hc = counts[np.asarray([x for x in set(np.asarray(h, np.int64).tolist()) if x != y and 0 < x < len(counts)],
+                                   np.int64)]
+            hc = hc[hc > 0]
+            greater[b] -= int(np.sum(hc > c[b]))
+            equal[b] -= int(np.sum(hc == c[b])) if in_vocab[b] else 0
     out["target_in_vocab"] = float(in_vocab.mean())
     for k in ks:
         p = np.clip((k - greater) / (equal + 1.0), 0.0, 1.0) * in_vocab
@@ -67,9 +76,10 @@ def transition_model(train_seqs) -> tuple[dict, dict, list]:
     return trans, counts, by_pop
 
 
-def transition_hr(model, histories, targets, ks=KS, min_count: int = 1) -> dict:
+def transition_hr(model, histories, targets, ks=KS, min_count: int = 1, exclude_history: bool = False) -> dict:
     """HR@k of the last-item-transition ranker (module docstring); ``model`` from :func:`transition_model`;
-    only ids with at least ``min_count`` training occurrences are ranked."""
+    only ids with at least ``min_count`` training occurrences are ranked; ``exclude_history`` skips the
+    history's items (other than the target)."""
     trans, counts, by_pop = model
     if min_count > 1:
         by_pop = [i for i in by_pop if counts[i] >= min_count]
@@ -78,8 +88,9 @@ def transition_hr(model, histories, targets, ks=KS, min_count: int = 1) -> dict:
     for h, y in zip(histories, targets):
         succ = sorted(((b, c) for b, c in trans[int(h[-1])].items() if counts[b] >= min_count),
                       key=lambda kv: (-kv[1], -counts[kv[0]], kv[0])) if len(h) else []
-        ranked = [i for i, _ in succ[:kmax]]
-        seen = set(ranked)
+        banned = set(h.tolist()) - {int(y)} if exclude_history else set()
+        ranked = [i for i, _ in succ if i not in banned][:kmax]
+        seen = set(ranked) | banned
         for i in by_pop:
             if len(ranked) >= kmax:
                 break
@@ -141,6 +152,8 @@ def main(argv=None) -> dict:
                     help="catalogue = ids with at least this many training occurrences (task.min_item_count)")
     ap.add_argument("--positions", type=int, default=1,
                     help="held-out events per record, as eval.positions (jaxrec.models.kuaiformer.HeldOutPositions)")
+    ap.add_argument("--exclude_history", action="store_true",
+                    help="take each user's other history items out of the ranking (eval.exclude_history)")
     a = ap.parse_args(argv)
     train, held = load_sequences(a.data, a.raw_dir)
     if a.positions > 1:
@@ -160,8 +173,8 @@ def main(argv=None) -> dict:
           + " | ".join(f"HR@{k}" for k in a.ks) + " |")
     print("|---|---|---|---|---|" + "---|" * len(a.ks))
     for s, (hist, tgt) in held.items():
-        p = popularity_hr(train_ids, tgt, a.ks, a.min_count)
-        t = transition_hr(model, hist, tgt, a.ks, a.min_count)
+        p = popularity_hr(train_ids, tgt, a.ks, a.min_count, hist if a.exclude_history else None)
+        t = transition_hr(model, hist, tgt, a.ks, a.min_count, a.exclude_history)
         in_hist = float(np.mean([int(y) in set(h.tolist()) for h, y in zip(hist, tgt)]))
         res[s] = {"popularity": p, "transition": t, "target_in_history": in_hist}
         for name, r in (("most popular", p), ("last-item transitions", t)):

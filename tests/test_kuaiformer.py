@@ -560,6 +560,29 @@ def test_evaluate_matches_brute_force(task_params):
         assert v.shape == (6,) and np.isfinite(np.asarray(v)).all()
 
 
+def test_evaluate_exclude_history(task_params):
+    """eval.exclude_history: the full rank equals the brute-force rank over the catalogue without the example's
+    other history items; without the option the history items count."""
+    task = make_task()
+    task.exclude_history = True
+    rng = np.random.default_rng(13)
+    batch = train_batch(rng, b=6, dup=False)
+    ev = {k: batch[k] for k in ("item_ids", "side_ids", "target")}
+    ev["target"] = ev["target"].at[0].set(ev["item_ids"][0, -1])  # a re-watch: the target itself stays rankable
+    out, u, table = jax.jit(lambda p, ev: (task.evaluate(p, {}, ev),
+                                           task.user_vectors(p, {}, ev["item_ids"], ev["side_ids"]),
+                                           task.item_table(p)))(task_params, ev)
+    s = np.einsum("bkd,nd->bkn", np.asarray(u, np.float64), np.asarray(table, np.float64)).max(1)
+    hist, tgt = np.asarray(ev["item_ids"]), np.asarray(ev["target"])
+    for b in range(6):
+        cand = [x for x in range(KF.FIRST_ITEM, s.shape[1]) if x != tgt[b] and x not in set(hist[b].tolist())]
+        rank = 1 + np.sum(s[b, cand] > s[b, tgt[b]]) + 0.5 * np.sum(s[b, cand] == s[b, tgt[b]])
+        np.testing.assert_allclose(float(out["full/mrr"][b]), 1.0 / rank, rtol=1e-4)
+    task.exclude_history = False
+    plain = jax.jit(lambda p, ev: task.evaluate(p, {}, ev))(task_params, ev)
+    assert (np.asarray(plain["full/mrr"]) <= np.asarray(out["full/mrr"]) + 1e-7).all()
+
+
 def test_catalogue_scan_empty_catalogue_and_bad_ids_in_the_task():
     u = jnp.ones((2, 3, 4))
     rank, s, i = KF._catalogue_scan(u, jnp.zeros((0, 4)), jnp.zeros(2), jnp.array([-1, 5]), 7, 16)
@@ -568,6 +591,35 @@ def test_catalogue_scan_empty_catalogue_and_bad_ids_in_the_task():
     task = make_task()
     ids = jnp.asarray([[0, 5, V + 10, -3]])
     np.testing.assert_array_equal(KF._safe_ids(ids, task.num_items, KF.OOV_ID), [[0, 5, 1, 1]])
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 64])
+def test_catalogue_scan_exclude_rows_matches_numpy(chunk):
+    """``exclude_rows`` (the eval.exclude_history protocol): excluded rows neither beat the target nor are
+    retrieved; the target's own row is never excluded; -1, repeats and out-of-range rows are ignored."""
+    rng = np.random.default_rng(5)
+    b, q, d, n, k = 3, 2, 4, 23, 5
+    u = rng.normal(size=(b, q, d)).astype(np.float32)
+    table = rng.normal(size=(n, d)).astype(np.float32)
+    target = np.array([3, 10, -1])
+    ex = np.array([[0, 1, 3, 3, -1, 22], [10, 5, 5, 40, -1, -1], [2, 4, 6, 8, 11, 13]])
+    scores = np.einsum("bqd,nd->bqn", u, table)
+    t = np.array([scores[i, :, target[i]].max() if target[i] >= 0 else 0.5 for i in range(b)], np.float32)
+    rank, s, i = KF._catalogue_scan(jnp.asarray(u), jnp.asarray(table), jnp.asarray(t), jnp.asarray(target), k,
+                                    chunk, exclude_rows=jnp.asarray(ex))
+    for r in range(b):
+        gone = {x for x in ex[r].tolist() if 0 <= x < n and x != target[r]}
+        keep = np.array([j not in gone for j in range(n)])
+        smax = scores[r].max(0)
+        others = keep & (np.arange(n) != target[r])
+        want = 1 + np.sum(smax[others] > t[r]) + 0.5 * np.sum(smax[others] == t[r])
+        np.testing.assert_allclose(float(rank[r]), want, rtol=1e-6)
+        for j in range(q):
+            order = [x for x in np.argsort(-scores[r, j], kind="stable") if keep[x]][:k]
+            np.testing.assert_array_equal(np.asarray(i[r, j]), order)
+    rank0, _, _ = KF._catalogue_scan(jnp.asarray(u), jnp.asarray(table), jnp.asarray(t), jnp.asarray(target), k,
+                                     chunk)
+    assert (np.asarray(rank0) >= np.asarray(rank)).all() and (np.asarray(rank0) > np.asarray(rank)).any()
 
 
 @pytest.mark.parametrize("model", ["two_tower", "sasrec"])
@@ -643,7 +695,7 @@ def test_experiment_configs_build_their_models():
             assert task.side_key == ("tabs" if name == "kuaiformer" else None)  # SASRec has no side feature
         if arg.endswith("ml100k"):  # the history ablation on MovieLens: the variant's history length is kept
             assert cfg.data.name == "movielens-100k/seq" and task.side_key == "ratings" and task.min_history == 1
-            assert cfg.model.num_domains == 6 and cfg.train.num_steps == mod.ML100K_STEPS
+            assert cfg.model.num_domains == 6 and cfg.train.num_steps == mod.ML100K_STEPS and task.exclude_history
         if arg.endswith("frequent"):
             assert (task.cut_targets, task.eval_positions, cfg.task.min_item_count) == ("in_vocab", 4, 10)
         assert task.train_flops_per_example() > 0

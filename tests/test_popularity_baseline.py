@@ -40,3 +40,17 @@ def test_last_item_transitions_rank_successors_then_popularity():
     # row 1: ranks [4, 3, ...] -> target 3 at position 2; row 2: [2, ...] -> hit@1; row 3: no successors of 9,
     # popularity order [4, 1, 2, ...] -> target 4 hit@1
     assert r == {"hr@1": 2 / 3, "hr@2": 1.0}
+
+
+def test_exclude_history_takes_the_users_items_out_of_both_rankers():
+    train = np.array([1, 1, 1, 2, 2, 3, 3, 4, 5, 6])  # counts: 1:3, 2:2, 3:2, 4..6:1
+    hist = [np.array([1, 3]), np.array([1, 2]), np.array([4])]
+    targets = np.array([2, 2, 5])
+    r = pop.popularity_hr(train, targets, ks=(1, 2), exclude=hist)
+    # row 1: without 1 and 3, item 2 is first; row 2: the target 2 is in its own history and stays: behind 3 only
+    # after 1 goes -> tie 2/3 for the first slot; row 3: 4 goes, 5 ties with 6 behind 1, 2, 3
+    assert r["hr@1"] == pytest.approx((1 + 0.5 + 0) / 3) and r["hr@2"] == pytest.approx((1 + 1 + 0) / 3)
+    trans = pop.transition_model([np.array([1, 2, 3]), np.array([1, 3, 4])])  # 1 -> 2, 1 -> 3
+    r = pop.transition_hr(trans, [np.array([3, 2, 1])], np.array([4]), ks=(1,), exclude_history=True)
+    assert r == {"hr@1": 1.0}  # successors 2 and 3 are history; then popularity: 1 (history), 3, 2 ... 4
+    assert pop.transition_hr(trans, [np.array([3, 2, 1])], np.array([4]), ks=(1,)) == {"hr@1": 0.0}

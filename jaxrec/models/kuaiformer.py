@@ -86,7 +86,10 @@ Task ``kuaiformer_retrieval`` (next-action prediction on sequence data, e.g. ``k
   HR/NDCG@{50,100,500,1000}, MRR; ``quota/hr@K``: the serving protocol (each interest retrieves
   ``ceil(K/k)`` items, merged, de-duplicated, truncated to K; :mod:`jaxrec.serving.retrieval`);
   ``inbatch/acc``: offline accuracy within the evaluation batch; ``target_in_vocab``. A target outside
-  the vocabulary is a miss. History items are not excluded (re-watches are rare here: 0.6% of targets).
+  the vocabulary is a miss. History items are not excluded by default (re-watches are rare on KuaiRand: 0.6% of
+  targets); ``eval.exclude_history = True`` takes the user's other history items (the last ``max_len``, as the
+  model sees them) out of both the rank and the retrieved lists -- the usual protocol where a target is never an
+  item already rated (MovieLens).
 """
 
 from __future__ import annotations
@@ -614,10 +617,14 @@ class HeldOutPositions:
 # ------------------------------------------------------------------------------------------------ task
 
 def _catalogue_scan(user_vecs, table, target_scores, target_rows, k: int, chunk_size: int, method: str = "exact",
-                    tie_weight: float = 0.5):
+                    tie_weight: float = 0.5, exclude_rows=None):
     """One pass over ``table [N, d]`` in chunks: the rank of ``target_scores [B]`` among
     ``max_j <u_j, e_x>`` (row ``target_rows [B]`` left out, -1 = none; ties weighted ``tie_weight``) and
-    each interest's top-``k`` rows. Returns ``(rank [B], scores [B, Q, k], rows [B, Q, k])``."""
+    each interest's top-``k`` rows. Returns ``(rank [B], scores [B, Q, k], rows [B, Q, k])``.
+
+    ``exclude_rows [B, H]`` (optional; -1 = none): rows taken out of the catalogue for that example -- neither
+    counted above the target nor retrieved -- except the example's own target row (the usual "exclude the user's
+    other history items" protocol). Built as a dense ``[B, N]`` mask, so it costs ``B * N`` bytes."""
     from jaxrec.serving import retrieval
 
     n, d = table.shape
@@ -630,22 +637,29 @@ def _catalogue_scan(user_vecs, table, target_scores, target_rows, k: int, chunk_
     tab = jnp.pad(table, ((0, n_chunks * c - n), (0, 0))).reshape(n_chunks, c, d)
     starts = jnp.arange(n_chunks, dtype=jnp.int32) * c
     t = target_scores[:, None]
+    if exclude_rows is None:
+        keep = jnp.ones((n_chunks, 1, 1), bool)  # broadcast: nothing excluded
+    else:
+        ex = jnp.asarray(exclude_rows, jnp.int32)
+        ex = jnp.where((ex >= 0) & (ex < n) & (ex != target_rows[:, None]), ex, n_chunks * c)  # -> dropped
+        drop = jnp.zeros((b, n_chunks * c), bool).at[jnp.arange(b)[:, None], ex].set(True, mode="drop")
+        keep = ~drop.reshape(b, n_chunks, c).transpose(1, 0, 2)
 
     def body(carry, xs):
         beat, tied, bs, bi = carry
-        e, start = xs
+        e, start, kp = xs
         row = start + jnp.arange(c, dtype=jnp.int32)
-        inside = row < n
-        s = jnp.where(inside, jnp.einsum("bkd,cd->bkc", user_vecs, e), -jnp.inf)
+        inside = (row < n)[None, :] & kp
+        s = jnp.where(inside[:, None, :], jnp.einsum("bkd,cd->bkc", user_vecs, e), -jnp.inf)
         smax = s.max(axis=1)
-        m = inside[None, :] & (row[None, :] != target_rows[:, None])
+        m = inside & (row[None, :] != target_rows[:, None])
         beat = beat + jnp.sum((smax > t) & m, axis=-1)
         tied = tied + jnp.sum((smax == t) & m, axis=-1)
         bs, bi = retrieval.update_topk(bs, bi, s, start, k, method=method)
         return (beat, tied, bs, bi), None
 
     zero = jnp.zeros((b,), jnp.int32)
-    (beat, tied, bs, bi), _ = jax.lax.scan(body, (zero, zero, *best), (tab, starts))
+    (beat, tied, bs, bi), _ = jax.lax.scan(body, (zero, zero, *best), (tab, starts, keep))
     return 1.0 + beat.astype(jnp.float32) + tie_weight * tied.astype(jnp.float32), bs, bi
 
 
@@ -659,7 +673,7 @@ class KuaiFormerTask:
     in the vocabulary); ``task.side_key`` ["domains"] (None/"" = no side feature); ``task.seed`` [0];
     ``eval.hr_ks`` [(50, 100, 500, 1000)]; ``eval.quota`` ["split"]; ``eval.method`` ["exact"];
     ``eval.chunk_size`` [65536]; ``eval.ties`` ["half"]; ``eval.positions`` [1] (held-out events per record,
-    :class:`HeldOutPositions`).
+    :class:`HeldOutPositions`); ``eval.exclude_history`` [False] (module docstring).
 
     Args:
       train_source: training records (default: the dataset's ``train`` split); vocab: a prebuilt
@@ -713,6 +727,7 @@ class KuaiFormerTask:
         self.method = e.get("method", "exact")
         self.chunk_size = int(e.get("chunk_size", 65536))
         self.tie_weight = {"optimistic": 0.0, "half": 0.5, "pessimistic": 1.0}[e.get("ties", "half")]
+        self.exclude_history = bool(e.get("exclude_history", False))
         if vocab is None:
             if train_source is None:
                 train_source = _open_split(data_info, "train")
@@ -868,8 +883,10 @@ class KuaiFormerTask:
         nq = u.shape[1]
         kmax = max(self.hr_ks)
         per_interest = -(-kmax // nq) if self.quota == "split" else kmax
+        hist = batch["item_ids"]
+        exclude = jnp.where(hist >= FIRST_ITEM, hist - offset, -1) if self.exclude_history else None
         rank, s_all, i_all = _catalogue_scan(u, table, s_t, jnp.where(in_vocab, target - offset, -1), per_interest,
-                                             self.chunk_size, self.method, self.tie_weight)
+                                             self.chunk_size, self.method, self.tie_weight, exclude)
         i_all = jnp.where(i_all >= 0, i_all + offset, -1)
         rank = jnp.where(in_vocab, rank, jnp.inf)
         out = {f"full/{k}": v for k, v in metrics.ranking_metrics(rank, hr_ks=self.hr_ks, ndcg_ks=self.hr_ks).items()}
