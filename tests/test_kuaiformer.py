@@ -225,6 +225,24 @@ def test_bad_ids_map_to_oov_and_stay_finite(small):
         model.apply(variables, ids[:, :20], side[:, :20])
 
 
+def test_dropout_impl_hash_same_parameters_other_masks(small):
+    """``dropout_impl="hash"``: the same parameter tree and the same eval output; in training the masks differ
+    from threefry's but keep the rate's scale (finite, same mean magnitude within noise)."""
+    model, variables, ids, side = small
+    hashed = model.clone(dropout_impl="hash", dropout_rate=0.3)
+    three = model.clone(dropout_rate=0.3)
+    hv = _unbox(jax.jit(hashed.init)(jax.random.PRNGKey(0), ids, side))
+    assert jax.tree_util.tree_structure(hv) == jax.tree_util.tree_structure(variables)
+    np.testing.assert_allclose(hashed.apply(variables, ids, side), model.apply(variables, ids, side), rtol=1e-6)
+    rngs = {"dropout": jax.random.PRNGKey(4)}
+    a = hashed.apply(variables, ids, side, train=True, rngs=rngs)
+    b = three.apply(variables, ids, side, train=True, rngs=rngs)
+    assert np.isfinite(np.asarray(a)).all() and not np.allclose(a, b)
+    assert 0.5 < float(jnp.abs(a).mean() / jnp.abs(b).mean()) < 2.0
+    with pytest.raises(ValueError, match="impl"):
+        model.clone(dropout_impl="bogus", dropout_rate=0.3).apply(variables, ids, side, train=True, rngs=rngs)
+
+
 def test_score_is_max_over_interests():
     rng = np.random.default_rng(4)
     u = rng.normal(size=(3, 4, 5)).astype(np.float32)

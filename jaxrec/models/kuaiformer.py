@@ -105,6 +105,7 @@ import numpy as np
 
 from jaxrec.kernels import flops as flops_lib
 from jaxrec.kernels import losses, metrics
+from jaxrec.nn.dropout import Dropout
 from jaxrec.nn.transformer import TransformerStack, llama_config
 from jaxrec.registry import register_model, register_task
 
@@ -259,6 +260,9 @@ class KuaiFormer(nn.Module):
       share_compressor: one encoder for every group size (default: one per entry). compressor_layers: 1 [P].
       num_queries: k. query_attend_each_other: causal among queries [P] (False: isolated).
       dropout_rate: token dropout and every dropout in the blocks.
+      dropout_impl: their mask generator, ``"threefry"`` (default; bit-identical to ``flax.linen.Dropout``) or
+        ``"hash"`` (:mod:`jaxrec.kernels.dropout`; far cheaper on CPU, where the attention-weight masks of a
+        256-token history dominate a step).
     """
 
     num_items: int
@@ -276,6 +280,7 @@ class KuaiFormer(nn.Module):
     num_queries: int = 6
     query_attend_each_other: bool = True
     dropout_rate: float = 0.1
+    dropout_impl: str = "threefry"
 
     def setup(self):
         if self.num_queries < 1:
@@ -287,17 +292,18 @@ class KuaiFormer(nn.Module):
                                       tuple(self.token_mlp_hidden), name="token_embed")
         ccfg = llama_config(self.embed_dim, self.num_heads, self.compressor_layers, self.mlp_dim or None,
                             self.dropout_rate)
-        ccfg["final_norm"] = False
+        ccfg["final_norm"], ccfg["dropout_impl"] = False, self.dropout_impl
         if self.share_compressor:
             shared = TransformerStack(**ccfg, name="compressor")
             self.compressors = [shared] * len(self._compress)
         else:
             self.compressors = [TransformerStack(**ccfg, name=f"compressor_{i}") for i in range(len(self._compress))]
         self.stack = TransformerStack(**llama_config(self.embed_dim, self.num_heads, self.num_layers,
-                                                     self.mlp_dim or None, self.dropout_rate), name="stack")
+                                                     self.mlp_dim or None, self.dropout_rate),
+                                      dropout_impl=self.dropout_impl, name="stack")
         self.query_tokens = self.param("query_tokens", nn.with_logical_partitioning(
             nn.initializers.normal(stddev=1.0), (None, "embed")), (self.num_queries, self.embed_dim))
-        self.token_dropout = nn.Dropout(self.dropout_rate)
+        self.token_dropout = Dropout(self.dropout_rate, impl=self.dropout_impl)
 
     def tokens(self, item_ids, side_ids=None, *, train: bool = False):
         """Compressed token sequence: ``([B, T, d], valid [B, T])`` (T = 55 for the default layout)."""
@@ -349,6 +355,7 @@ class TwoTower(nn.Module):
     hidden: Sequence[int] = (256, 128)
     max_len: int = 256
     dropout_rate: float = 0.1
+    dropout_impl: str = "threefry"
 
     def setup(self):
         self.token_embed = TokenEmbed(self.num_items, self.num_domains, self.embed_dim, self.side_dim,
@@ -358,7 +365,7 @@ class TwoTower(nn.Module):
                        for i, h in enumerate(self.hidden)]
         self.out = nn.Dense(self.embed_dim, kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), ("mlp", "embed")), name="out")
-        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dropout = Dropout(self.dropout_rate, impl=self.dropout_impl)
 
     def __call__(self, item_ids, side_ids=None, *, train: bool = False):
         item_ids = jnp.asarray(item_ids)
