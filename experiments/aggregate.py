@@ -14,6 +14,12 @@ missing from a run is an error naming the run and the metrics it has.
 
     python experiments/aggregate.py --group c2dsr=c2dsr_fk10_s sasrec_x=sasrec_fk10_x_s \
         --metrics X/mrr X/ndcg@10 --select X/=X/mrr Y/=Y/mrr nonoverlap/X/=X/mrr nonoverlap/Y/=Y/mrr
+
+``--eval_json NAME`` reads each run's metrics from ``<run>/NAME`` instead, the JSON ``jaxrec eval`` prints (e.g. a
+re-evaluation of the best checkpoint with more cut-offs); a run without that file counts as unfinished.
+
+    jaxrec eval --config ... --workdir runs/kfe_k6_s0 --config.eval.hr_ks="(50,100,500,1000)" > runs/kfe_k6_s0/test_hr1000.json
+    python experiments/aggregate.py --group k6=kfe_k6_s --metrics full/hr@500 --eval_json test_hr1000.json
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ import sys
 import numpy as np
 
 
-def load_group(runs: pathlib.Path, prefix: str) -> tuple[list[dict], list[str]]:
+def load_group(runs: pathlib.Path, prefix: str, eval_json: str | None = None) -> tuple[list[dict], list[str]]:
     done, unfinished = [], []
     for d in sorted(runs.glob(prefix + "*")):
         if not d.is_dir():
             continue
-        f = d / "results.json"
+        f = d / (eval_json or "results.json")
         if f.exists():
-            r = json.loads(f.read_text())
-            r["_dir"] = d.name
+            try:
+                r = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: not JSON ({e})") from None
+            r = {"test": r} if eval_json else r
+            r["_dir"], r["_file"] = d.name, f.name
             done.append(r)
         else:
             unfinished.append(d.name)
@@ -55,11 +65,11 @@ def value_of(r: dict, metric: str, split: str, select: dict) -> float:
     else:
         sel = r.get("selected", {})
         if by not in sel:
-            raise KeyError(f"{r['_dir']}/results.json: no test evaluation selected by {by!r}; selected metrics: "
+            raise KeyError(f"{r['_dir']}/{r['_file']}: no test evaluation selected by {by!r}; selected metrics: "
                            f"{sorted(sel)}")
         table, what = sel[by]["test"], f"metric {metric!r} in the test evaluation selected by {by!r}"
     if metric not in table:
-        raise KeyError(f"{r['_dir']}/results.json: no {what}; it has {sorted(table)}")
+        raise KeyError(f"{r['_dir']}/{r['_file']}: no {what}; it has {sorted(table)}")
     return float(table[metric])
 
 
@@ -86,6 +96,9 @@ def main(argv=None) -> int:
                    help="per-metric model selection (train.select_metrics): metrics starting with PREFIX are read "
                         "from the test evaluation made when METRIC was best on validation, e.g. X/=X/mrr Y/=Y/mrr")
     p.add_argument("--digits", type=int, default=4)
+    p.add_argument("--eval_json", default=None, metavar="NAME",
+                   help="read each run's test metrics from <run>/NAME (the JSON `jaxrec eval` prints) instead of "
+                        "results.json")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     runs = pathlib.Path(a.runs)
@@ -95,6 +108,8 @@ def main(argv=None) -> int:
             p.error(f"--select {x!r}: expected PREFIX=METRIC")
         k, v = x.split("=", 1)
         select[k] = v
+    if a.eval_json and (select or a.split != "test"):
+        p.error("--eval_json holds one evaluation: it takes neither --select nor --split")
     header = "| model | n | " + " | ".join(a.metrics) + " |"
     lines = [header, "|" + "---|" * (len(a.metrics) + 2)]
     dump = {}
@@ -102,7 +117,7 @@ def main(argv=None) -> int:
         if "=" not in g:
             p.error(f"--group {g!r}: expected NAME=PREFIX")
         name, prefix = g.split("=", 1)
-        res, unfinished = load_group(runs, prefix)
+        res, unfinished = load_group(runs, prefix, a.eval_json)
         if unfinished:
             print(f"{name}: unfinished (left out): {', '.join(unfinished)}", file=sys.stderr)
         if not res:

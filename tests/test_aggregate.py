@@ -45,3 +45,25 @@ def test_missing_metric_or_selection_names_the_run(tmp_path):
         agg.main(["--runs", str(tmp_path), "--group", "a=a_s", "--metrics", "Y/mrr"])
     with pytest.raises(KeyError, match="no test evaluation selected by 'Y/mrr'"):
         agg.main(["--runs", str(tmp_path), "--group", "a=a_s", "--metrics", "Y/mrr", "--select", "Y/=Y/mrr"])
+
+
+def test_eval_json_reads_a_reevaluation(tmp_path, capsys):
+    for i, v in enumerate([0.5, 0.7]):
+        _run(tmp_path, f"k_s{i}", {"full/hr@50": 0.1})
+        (tmp_path / f"k_s{i}" / "re.json").write_text(json.dumps({"full/hr@500": v}))
+    _run(tmp_path, "k_s2", {"full/hr@50": 0.1})  # trained but not re-evaluated -> unfinished for this table
+    out = tmp_path / "o.json"
+    agg.main(["--runs", str(tmp_path), "--group", "k=k_s", "--metrics", "full/hr@500", "--eval_json", "re.json",
+              "--json", str(out)])
+    got = json.loads(out.read_text())["k"]
+    assert got["runs"] == ["k_s0", "k_s1"]
+    np.testing.assert_allclose(got["metrics"]["full/hr@500"]["mean"], 0.6)
+    assert "unfinished (left out): k_s2" in capsys.readouterr().err
+    with pytest.raises(KeyError, match="k_s0/re.json: no 'test' metric 'full/hr@50'"):
+        agg.main(["--runs", str(tmp_path), "--group", "k=k_s", "--metrics", "full/hr@50", "--eval_json", "re.json"])
+    with pytest.raises(SystemExit):
+        agg.main(["--runs", str(tmp_path), "--group", "k=k_s", "--metrics", "full/hr@500", "--eval_json", "re.json",
+                  "--select", "full/=full/hr@50"])
+    (tmp_path / "k_s1" / "re.json").write_text("{not json")
+    with pytest.raises(ValueError, match="re.json: not JSON"):
+        agg.main(["--runs", str(tmp_path), "--group", "k=k_s", "--metrics", "full/hr@500", "--eval_json", "re.json"])
