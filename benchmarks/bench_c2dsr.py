@@ -17,7 +17,9 @@ Training (side by side in one run, same real batches, same initial parameters), 
   capacities ``(C_X, C_Y)`` (``head_slots="masked"``);
 * ``masked+hash``: plus the counter-hash dropout masks (``dropout_impl="hash"``, :mod:`jaxrec.kernels.dropout`);
 * ``masked+rows``: plus the GCN only at the rows the batch reaches (``gcn_rows="batch"``);
-* ``fast``: masked heads + hash dropout + row-restricted GCN (the experiment config's default).
+* ``fast``: masked heads + hash dropout + row-restricted GCN (the experiment config's default);
+* ``fast+packed``: plus the encoders' position-wise work on the real tokens only (``task.encoder_tokens=
+  "packed"``, capacities from the training table).
 
 All variants compute the same loss (the masks of ``hash`` differ from ``threefry``'s, the rate is the same; the
 tests check equality of loss and gradients for the heads and the GCN rows).
@@ -62,10 +64,11 @@ VARIANTS = {
     "masked+hash": dict(head_slots="masked", dropout_impl="hash", gcn_rows="all"),
     "masked+rows": dict(head_slots="masked", dropout_impl="threefry", gcn_rows="batch"),
     "fast": dict(head_slots="masked", dropout_impl="hash", gcn_rows="batch"),
+    "fast+packed": dict(head_slots="masked", dropout_impl="hash", gcn_rows="batch", encoder_tokens="packed"),
 }
 
 
-def _variant(task, head_slots, dropout_impl, gcn_rows):
+def _variant(task, head_slots, dropout_impl, gcn_rows, encoder_tokens="all"):
     """A copy of the C2DSR or CDSRNP task with the variant's options (capacities recomputed by the task)."""
     t = copy.copy(task)
     t.head_slots = head_slots
@@ -73,9 +76,12 @@ def _variant(task, head_slots, dropout_impl, gcn_rows):
     t.model = t.model.clone(dropout_impl=dropout_impl)
     t.gcn_rows = gcn_rows
     t.gcn_capacities = t._gcn_capacities()
+    t.encoder_tokens, t.token_capacity_mode = encoder_tokens, "auto"
+    t.token_capacities = (t._token_capacities(int(t.cfg.train.batch_size)) if not hasattr(t, "train_kwargs")
+                          else t._token_capacities())
     if hasattr(t, "train_kwargs"):  # CDSRNP passes its options to the model through train_kwargs
         t.train_kwargs = dict(t.train_kwargs, head_slots=head_slots, head_capacity=t.head_capacities,
-                              gcn_capacity=t.gcn_capacities)
+                              gcn_capacity=t.gcn_capacities, token_capacity=t.token_capacities)
     return t
 
 
@@ -125,6 +131,7 @@ def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), n
         out["variants"][name] = {
             **VARIANTS[name], "head_capacities": list(t.head_capacities) if t.head_capacities else None,
             "gcn_edge_capacities": list(t.gcn_capacities) if t.gcn_capacities else None,
+            "token_capacities": list(t.token_capacities) if t.token_capacities else None,
             "first_step_incl_compile_s": round(compile_s, 2), "step_s": round(sec, 4),
             "step_s_all_repeats": [round(x, 3) for x in times[name]],
             "train_examples_per_s": round(B / sec, 1), "projected_epoch_s": round(spe * sec, 1),
@@ -149,8 +156,12 @@ def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), n
     nv = task.model.num_nodes
     degs = {g: np.bincount(np.asarray(task.graphs_np[g][1]), minlength=nv) for g in ("mixed", "single")}
     edges = {"mixed": [], "x": [], "y": []}
+    tokens = {"mixed": [], "x": [], "y": []}
+    pad = task.model.pad_id
     for _ in range(spe):
         b = next(it2)
+        for name, key in (("mixed", "seq"), ("x", "x_seq"), ("y", "y_seq")):
+            tokens[name].append(int((np.asarray(b[key]) != pad).sum()))
         keep = np.asarray(b["keep"], bool)[:, None]
         for d in ("x", "y"):
             n = ((b[f"share_{d}_mask"][:, -p:] != 0) & keep).sum() + ((b[f"{d}_mask"][:, -p:] != 0) & keep).sum()
@@ -168,6 +179,14 @@ def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), n
         name: {"graph_edges": len(task.graphs_np["mixed" if name == "mixed" else "single"][0]),
                "capacity": gcaps[i], "mean": round(float(np.mean(edges[name])), 1), "max": int(np.max(edges[name])),
                "batches_over_capacity": int(np.sum(np.array(edges[name]) > gcaps[i]))}
+        for i, name in enumerate(("mixed", "x", "y"))}
+    from jaxrec.models.c2dsr import resolve_token_capacities, token_counts
+
+    tcaps = resolve_token_capacities("packed", "auto", token_counts(task.table.arrays, pad), B,
+                                     task.head_capacity_sigmas)
+    out["real_tokens_per_batch"] = {
+        name: {"tokens": B * task.max_len, "capacity": tcaps[i], "mean": round(float(np.mean(tokens[name])), 1),
+               "max": int(np.max(tokens[name])), "batches_over_capacity": int(np.sum(np.array(tokens[name]) > tcaps[i]))}
         for i, name in enumerate(("mixed", "x", "y"))}
     return out
 

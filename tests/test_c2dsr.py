@@ -801,3 +801,52 @@ def test_gcn_rows_task_options(setup):
     cfg.model.gnn_layers = 2
     with pytest.raises(ConfigError, match="gnn_layers"):
         c2dsr_lib.C2DSRTask(cfg, synthetic_info(), train_records=records)
+
+
+def test_packed_encoder_tokens_equal_every_token(setup, fns):
+    """``task.encoder_tokens="packed"``: the encoders' position-wise work on the real tokens only (data-derived
+    capacities, and capacities of 1 that take the dense fallback) gives the same encoder states, loss and
+    gradients -- in eval mode against the every-token path, in training with hash dropout against its own dense
+    fallback; the analytic FLOPs drop with the capacities."""
+    task, params, records = setup
+    counts = c2dsr_lib.token_counts(task.table.arrays, task.model.pad_id)
+    caps = c2dsr_lib.resolve_token_capacities("packed", "auto", counts, 16, 4.0)
+    assert all(0 < c <= 16 * T for c in caps)
+    batch, graphs = fns["batch"], task.graphs()
+    real = [int((np.asarray(batch[k]) != task.model.pad_id).sum()) for k in ("seq", "x_seq", "y_seq")]
+    assert any(r < 16 * T for r in real)
+
+    def run(model, cap, train):
+        def f(p):
+            terms, st = model.apply({"params": p}, batch, graphs, train=train, loss_positions=5, token_capacity=cap,
+                                    method="training_losses", rngs={"dropout": jax.random.PRNGKey(3)})
+            return terms["loss"], st
+        (loss, st), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+        return loss, st, grad
+
+    def close(a, b, msg):
+        np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-5, err_msg=msg)
+        for k in a[1]:
+            np.testing.assert_allclose(np.asarray(a[1][k]), np.asarray(b[1][k]), rtol=1e-4, atol=1e-4, err_msg=k)
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-3, atol=1e-5,
+                                                             err_msg=msg), a[2], b[2])
+
+    ref = run(task.model, None, False)
+    for cap in (caps, tuple(real), (1, 1, 1)):
+        close(run(task.model, cap, False), ref, f"eval {cap}")
+    model = task.model.clone(dropout_impl="hash")
+    close(run(model, caps, True), run(model, (1, 1, 1), True), "train hash")
+
+    base = c2dsr_lib.C2DSRTask(make_cfg(), synthetic_info(), train_records=records)
+    t = c2dsr_lib.C2DSRTask(make_cfg(encoder_tokens="packed"), synthetic_info(), train_records=records)
+    assert t.token_capacities == c2dsr_lib.resolve_token_capacities("packed", "auto", counts, 16, 4.0)
+    assert base.token_capacities is None
+    assert t.train_flops_per_example() < base.train_flops_per_example()
+    assert c2dsr_lib.C2DSRTask(make_cfg(encoder_tokens="packed", token_capacity=48), synthetic_info(),
+                               train_records=records).token_capacities == (48, 48, 48)
+    from jaxrec.config import ConfigError
+
+    for kw, msg in ((dict(encoder_tokens="some"), "task.encoder_tokens"), (dict(token_capacity=0),
+                                                                            "task.token_capacity")):
+        with pytest.raises(ConfigError, match=msg):
+            c2dsr_lib.C2DSRTask(make_cfg(**kw), synthetic_info(), train_records=records)

@@ -471,3 +471,28 @@ def test_row_restricted_gcn_and_hash_dropout_keep_the_losses(engine):
         got = run(cap)
         for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} {cap}")
+
+
+def test_packed_encoder_tokens_keep_the_losses(engine):
+    """``task.encoder_tokens="packed"`` over the step's query + support rows: capacities cover both, and the
+    losses equal the dense fallback's (capacities of 1) in training with hash dropout."""
+    records = engine["records"]
+    cfg = make_cfg(dropout_impl="hash")
+    cfg.task.encoder_tokens = "packed"
+    task = np_lib.CDSRNPTask(cfg, synthetic_info(), train_records=records)
+    caps = task.token_capacities
+    assert caps is not None and task.train_kwargs["token_capacity"] == caps
+    rows = int(cfg.train.batch_size) + task.num_episodes * task.support_size
+    assert all(0 < c <= rows * task.max_len for c in caps)
+    params = jax.device_get(engine["state"].params)
+    tb = train_batch(task, records, offset=3)
+    rngs = {"dropout": jax.random.PRNGKey(1), "latent": jax.random.PRNGKey(2)}
+
+    def run(cap):
+        kw = dict(task.train_kwargs, token_capacity=cap)
+        return jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=True, sample=True,
+                                                     method="training_losses", rngs=rngs, **kw))(params, tb)
+
+    got, ref = run(caps), run((1, 1, 1))
+    for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)

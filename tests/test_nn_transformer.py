@@ -285,3 +285,58 @@ def test_stack_logical_axes_and_dropout():
     d3 = fwd(v, x, jax.random.PRNGKey(2))
     np.testing.assert_array_equal(np.asarray(d1), np.asarray(d2))
     assert not np.allclose(np.asarray(d1), np.asarray(d3)) and not np.allclose(np.asarray(d1), np.asarray(det))
+
+
+@pytest.mark.parametrize("key_mask", [False, True])
+def test_packed_rows_equal_the_dense_stack(key_mask):
+    """``pack_capacity``: the position-wise work on the real tokens only gives the dense stack's output, padding
+    rows included, and its gradients -- in eval mode against the plain stack, in training (hash dropout) against
+    its own dense fallback (a capacity below the token count); threefry draws other masks for packed rows."""
+    B, L, D = 4, 6, 16
+    cfg = T.sasrec_config(D, num_heads=2, dropout_rate=0.3)
+    cfg["mask_keys_with_valid"] = key_mask
+    rng = np.random.default_rng(0)
+    lens = np.array([6, 2, 0, 4])  # 12 real tokens
+    valid = jnp.asarray(np.arange(L)[None, :] >= L - lens[:, None])
+    x = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32) * valid[..., None]
+    for impl in ("hash", "threefry"):
+        m = T.TransformerStack(**dict(cfg, dropout_impl=impl))
+        params = m.init(jax.random.PRNGKey(0), x, valid, causal=True)
+        # non-zero norm biases so that the padding rows' final norm is checked
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, a: a + 0.1 if "bias" in jax.tree_util.keystr(p) else a, params)
+
+        def run(cap, det):
+            f = lambda p: m.apply(p, x, valid, causal=True, deterministic=det, pack_capacity=cap,  # noqa: E731
+                                  rngs={"dropout": jax.random.PRNGKey(5)})
+            return jax.jit(f)(params), jax.jit(jax.grad(lambda p: (f(p) ** 2).sum()))(params)
+
+        def close(a, b):
+            np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-5)
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5),
+                         a[1], b[1])
+
+        ref = run(None, True)
+        for cap in (12, 32, 5):  # exact fit, slack, dense fallback
+            close(run(cap, True), ref)
+        packed, fallback = run(12, False), run(5, False)
+        assert np.abs(np.asarray(packed[0]) - np.asarray(ref[0])).max() > 1e-3  # dropout is on
+        if impl == "hash":
+            close(packed, fallback)
+        else:
+            assert np.abs(np.asarray(packed[0]) - np.asarray(fallback[0])).max() > 1e-3
+    with pytest.raises(ValueError, match="pack_capacity"):
+        T.TransformerStack(**T.llama_config(D, 2, 1)).init(jax.random.PRNGKey(0), x, valid, causal=True,
+                                                           pack_capacity=8)
+
+
+def test_pack_rows_roundtrip():
+    valid = jnp.asarray([[False, True, True], [True, False, True]])
+    index, count = T.pack_rows(valid, 6)
+    assert int(count) == 4 and index.tolist() == [1, 2, 3, 5, 6, 6]
+    x = jnp.arange(6 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+    rows = T.take_rows(x, index)
+    np.testing.assert_array_equal(np.asarray(rows[4:]), 0)
+    back = T.unpack_rows(rows, index, (2, 3), jnp.asarray([-1.0, -2.0]))
+    np.testing.assert_array_equal(np.asarray(back), np.where(np.asarray(valid)[..., None], np.asarray(x),
+                                                             [-1.0, -2.0]))

@@ -54,6 +54,19 @@ draws every dropout mask with JAX's threefry (the whole-table GCN mask, then gat
 of :mod:`jaxrec.kernels.dropout` (a pure function of (key, element index), so only the gathered sender rows are
 drawn). Training only; evaluation uses the whole tables.
 
+Packed encoder tokens (``task.encoder_tokens`` ["all" | "packed"]): on food_kitchen only 65 % of the mixed and
+26 % / 32 % of the X / Y sequences' ``B·T`` tokens are real, yet every block's LayerNorms, Q/K/V/output
+projections and FFN run on all of them. ``"packed"`` gathers the real tokens of each encoder call into a
+static row capacity (``jnp.nonzero(size=C)``; capacities ``(C_mixed, C_x, C_y)`` from the kept training rows'
+real-token counts, :func:`token_counts` and :func:`head_capacity` with ``task.head_capacity_sigmas``, or
+``task.token_capacity`` as an int), runs that position-wise work on them only and keeps attention in the
+``[B, T]`` layout, PAD keys / values being the projection of a zero input -- exactly what the dense path gives
+a zeroed PAD slot, with or without ``model.key_padding_mask``; a batch above a capacity runs the dense path
+(``flax.linen.cond``; :class:`jaxrec.nn.transformer.TransformerStack` ``pack_capacity``). Same states up to
+float rounding (tests/test_c2dsr.py), in training too with ``model.dropout_impl="hash"`` (masks indexed by
+dense position); the stack then draws its dropout keys from one key per call, so a packed run is not
+bit-identical to an ``"all"`` run. Training only; evaluation encodes every token.
+
 Evaluation (eval mode, GCN once per batch; :meth:`C2DSR.score_states` on the encoder states, shared with
 CDSRNP): target X: ``lin_X(F[:, -1] + F_X[b, x_last])`` over all NX items
 (no PAD logit), target Y: ``lin_Y(F[:, -1] + F_Y[b, y_last])``; the mixed state at the *last position* plus
@@ -154,9 +167,12 @@ class C2DSREncoder(nn.Module):
     dropout_impl: str = "threefry"
 
     @nn.compact
-    def __call__(self, ids, positions, graph_table, table, *, train: bool = False, graph_ids=None):
+    def __call__(self, ids, positions, graph_table, table, *, train: bool = False, graph_ids=None,
+                 pack_capacity=None):
         """``graph_table`` (GCN output) and ``table`` (raw item table): ``[V, d]``; with ``graph_ids [B, T]``
-        the GCN rows of ``ids`` are ``graph_table[graph_ids]`` (a row-restricted table, :meth:`C2DSR.__call__`)."""
+        the GCN rows of ``ids`` are ``graph_table[graph_ids]`` (a row-restricted table, :meth:`C2DSR.__call__`).
+        ``pack_capacity``: run the blocks' position-wise work on the real tokens only, packed into that many rows
+        (:class:`jaxrec.nn.transformer.TransformerStack`; exact dense fallback for a batch above it)."""
         d = self.embed_dim
         pos_table = self.param("pos_embed", _part(_zero_row(nn.initializers.normal(1.0), 0), (None, "embed")),
                                (self.max_len, d))
@@ -171,7 +187,8 @@ class C2DSREncoder(nn.Module):
                             num_layers=self.num_blocks, epsilon=self.layer_norm_eps)
         cfg["mask_keys_with_valid"] = self.key_padding_mask
         cfg["dropout_impl"] = self.dropout_impl
-        return TransformerStack(**cfg, name="encoder")(z, valid, causal=True, deterministic=not train)
+        return TransformerStack(**cfg, name="encoder")(z, valid, causal=True, deterministic=not train,
+                                                       pack_capacity=pack_capacity)
 
 
 @register_model("c2dsr")
@@ -301,12 +318,17 @@ class C2DSR(nn.Module):
         return message_fn
 
     # ------------------------------------------------------------------------------------------ streams
-    def __call__(self, batch, graphs, *, train: bool = False, corrupted: bool = True, gcn_capacity=None):
+    def __call__(self, batch, graphs, *, train: bool = False, corrupted: bool = True, gcn_capacity=None,
+                 token_capacity=None):
         """Encoder states ``{"F", "F_X", "F_Y"[, "F_cx", "F_cy"]}`` ``[B, T, d]`` for a batch with
         ``seq, x_seq, y_seq, pos, x_pos, y_pos`` (and ``corru_x, corru_y`` when ``corrupted``).
 
         ``gcn_capacity = (C_mixed, C_x, C_y)``: compute the GCN only at the rows the batch reaches
-        (:meth:`row_tables`; same states as the full tables up to float rounding); None: full tables."""
+        (:meth:`row_tables`; same states as the full tables up to float rounding); None: full tables.
+        ``token_capacity = (C_mixed, C_x, C_y)``: the encoders skip PAD tokens in their position-wise work
+        (``task.encoder_tokens="packed"``; :class:`C2DSREncoder`; the same states up to float rounding, exact
+        dense fallback for a batch above a capacity; the corrupted sequences share the mixed one's PAD
+        pattern and capacity); None: every token."""
         if gcn_capacity is not None and self.use_graph:
             mixed = [batch["seq"]] + ([batch["corru_x"], batch["corru_y"]] if corrupted else [])
             (h, hi), (hx, hxi), (hy, hyi), e, ex, ey = self.row_tables(
@@ -318,12 +340,18 @@ class C2DSR(nn.Module):
         else:
             h, hx, hy, e, ex, ey = self.tables(graphs, train=train)
             gi = {}
-        out = {"F": self.enc(batch["seq"], batch["pos"], h, e, train=train, graph_ids=gi.get("seq")),
-               "F_X": self.enc_x(batch["x_seq"], batch["x_pos"], hx, ex, train=train, graph_ids=gi.get("x_seq")),
-               "F_Y": self.enc_y(batch["y_seq"], batch["y_pos"], hy, ey, train=train, graph_ids=gi.get("y_seq"))}
+        cm, cx, cy = (None,) * 3 if token_capacity is None else token_capacity
+        out = {"F": self.enc(batch["seq"], batch["pos"], h, e, train=train, graph_ids=gi.get("seq"),
+                             pack_capacity=cm),
+               "F_X": self.enc_x(batch["x_seq"], batch["x_pos"], hx, ex, train=train, graph_ids=gi.get("x_seq"),
+                                 pack_capacity=cx),
+               "F_Y": self.enc_y(batch["y_seq"], batch["y_pos"], hy, ey, train=train, graph_ids=gi.get("y_seq"),
+                                 pack_capacity=cy)}
         if corrupted:
-            out["F_cx"] = self.enc(batch["corru_x"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_x"))
-            out["F_cy"] = self.enc(batch["corru_y"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_y"))
+            out["F_cx"] = self.enc(batch["corru_x"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_x"),
+                                   pack_capacity=cm)
+            out["F_cy"] = self.enc(batch["corru_y"], batch["pos"], h, e, train=train, graph_ids=gi.get("corru_y"),
+                                   pack_capacity=cm)
         return out
 
     # ------------------------------------------------------------------------------------------ heads
@@ -350,16 +378,18 @@ class C2DSR(nn.Module):
 
     def training_losses(self, batch, graphs, *, train: bool = True, lambda_: float = 0.7,
                         loss_positions: int = 10, head_slots: str = "masked", head_capacity=None,
-                        gcn_capacity=None):
+                        gcn_capacity=None, token_capacity=None):
         """All six loss terms, the total and the states. ``batch``: training keys (c2dsr_transforms).
 
         ``head_slots``: ``"masked"`` evaluates each vocabulary head only on the slots whose mask is set
         (:func:`masked_head_terms`; ``head_capacity = (C_X, C_Y)`` static row capacities, None = every slot);
         ``"all"`` is the original formulation (every head at every ``B * P`` slot, masked afterwards). The
         two give the same losses and gradients (up to float rounding). The losses are :meth:`loss_terms` on
-        this batch's encoder states. ``gcn_capacity``: row-restricted GCN (:meth:`__call__`).
+        this batch's encoder states. ``gcn_capacity``: row-restricted GCN; ``token_capacity``: packed encoder
+        tokens (:meth:`__call__`).
         """
-        st = self(batch, graphs, train=train, corrupted=lambda_ != 1.0, gcn_capacity=gcn_capacity)
+        st = self(batch, graphs, train=train, corrupted=lambda_ != 1.0, gcn_capacity=gcn_capacity,
+                  token_capacity=token_capacity)
         keep = batch.get("keep")
         keep = jnp.ones(st["F"].shape[:1], jnp.float32) if keep is None else keep
         terms = self.loss_terms(st, batch, keep, lambda_=lambda_, loss_positions=loss_positions,
@@ -580,6 +610,39 @@ def head_slot_counts(arrays, positions: int) -> dict:
     return {d: arrays[f"share_{d}_mask"][:, -p:].sum(1) + arrays[f"{d}_mask"][:, -p:].sum(1) for d in ("x", "y")}
 
 
+def token_counts(arrays, pad_id: int) -> dict:
+    """Per training row: the real (non-PAD) tokens of each encoder's input, ``{"mixed": seq, "x": x_seq, "y":
+    y_seq}`` (``[K]`` int; the corrupted sequences share ``seq``'s PAD pattern). :func:`head_capacity` turns
+    them into the packed-encoder capacities (``task.encoder_tokens="packed"``)."""
+    return {k: (np.asarray(arrays[key]) != pad_id).sum(1) for k, key in (("mixed", "seq"), ("x", "x_seq"),
+                                                                          ("y", "y_seq"))}
+
+
+def token_options(task) -> tuple:
+    """``(encoder_tokens, token_capacity)`` from the ``task`` config (C2DSR and CDSRNP tasks):
+    ``task.encoder_tokens`` ["all" | "packed"], ``task.token_capacity`` ["auto" | positive int]."""
+    from jaxrec.config import ConfigError
+
+    mode = task.get("encoder_tokens", "all")
+    if mode not in ("all", "packed"):
+        raise ConfigError(f"config key 'task.encoder_tokens': expected 'all' or 'packed', got {mode!r}")
+    cap = task.get("token_capacity", "auto")
+    if not (cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0)):
+        raise ConfigError(f"config key 'task.token_capacity': expected 'auto' or a positive int, got {cap!r}")
+    return mode, cap
+
+
+def resolve_token_capacities(mode: str, cap, counts: dict, rows_per_call: int, sigmas: float):
+    """``(C_mixed, C_x, C_y)`` packed-token capacities, or None for ``encoder_tokens="all"``: ``(cap,) * 3`` for
+    an int, else :func:`head_capacity` of each stream's per-row counts (``counts``: :func:`token_counts` over
+    the rows one encoder call draws from) for ``rows_per_call`` rows per call."""
+    if mode == "all":
+        return None
+    if isinstance(cap, int):
+        return (cap,) * 3
+    return tuple(head_capacity(counts[k], rows_per_call, sigmas=sigmas) for k in ("mixed", "x", "y"))
+
+
 def head_capacity(counts, batch_size: int, *, sigmas: float | None = 4.0, multiple: int = 32) -> int:
     """A static row capacity for one vocabulary head from the per-example counts of weighted slots over the
     training table (``counts [K]``, kept examples).
@@ -721,7 +784,8 @@ class C2DSRTask:
     ``task.drop_policy`` ["kept" | "resample" | "mask"], ``task.graph_lines`` ["all" | "kept"],
     ``task.head_slots`` ["masked" | "all"], ``task.head_capacity`` ["auto" | "bound" | int],
     ``task.head_capacity_sigmas`` [4.0]; ``task.gcn_rows`` ["all" | "batch"], ``task.gcn_edge_capacity``
-    ["auto" | int] (module docstring);
+    ["auto" | int]; ``task.encoder_tokens`` ["all" | "packed"], ``task.token_capacity`` ["auto" | int] (module
+    docstring);
     ``eval.num_negatives`` [999], ``eval.negatives_seed`` [2040], ``eval.exclude_history`` [False]
     (full ranking only), ``eval.full_ranking`` [True]; ``eval.nonoverlap_view`` [False]: also score every
     evaluation user with the other domain hidden from the history (CDSRNP's non-overlapped view,
@@ -759,6 +823,7 @@ class C2DSRTask:
         self.head_capacity_mode = cap
         self.head_capacity_sigmas = float(task.get("head_capacity_sigmas", 4.0))
         self.gcn_rows, self.gcn_edge_capacity_mode = gcn_row_options(task, self.model)
+        self.encoder_tokens, self.token_capacity_mode = token_options(task)
         graph_lines = task.get("graph_lines", "all")
         if graph_lines not in ("all", "kept"):
             raise ConfigError(f"config key 'task.graph_lines': expected 'all' or 'kept', got {graph_lines!r}")
@@ -777,6 +842,7 @@ class C2DSRTask:
         self.graphs_np = ct.build_graphs(seqs, self.num_x, self.num_y)
         self.head_capacities = self._head_capacities(int(cfg.train.batch_size))
         self.gcn_capacities = self._gcn_capacities()
+        self.token_capacities = self._token_capacities(int(cfg.train.batch_size))
 
     @property
     def supervised_positions(self) -> int:
@@ -806,6 +872,13 @@ class C2DSRTask:
         for ``"all"`` (whole tables)."""
         return resolve_gcn_capacities(self.gcn_rows, self.gcn_edge_capacity_mode, self.model, self.table.arrays,
                                       self.graphs_np, int(self.cfg.train.batch_size), corrupted=self.lambda_ != 1.0)
+
+    def _token_capacities(self, batch_size: int):
+        """``(C_mixed, C_x, C_y)`` packed-token capacities (:func:`resolve_token_capacities` over the kept training
+        rows), None for ``task.encoder_tokens="all"``."""
+        return resolve_token_capacities(self.encoder_tokens, self.token_capacity_mode,
+                                        token_counts(self.table.arrays, self.model.pad_id), batch_size,
+                                        self.head_capacity_sigmas)
 
     # ----------------------------------------------------------------------------------- data
     @property
@@ -872,7 +945,8 @@ class C2DSRTask:
         terms, _ = self.model.apply(variables, batch, self.graphs(), train=True, lambda_=self.lambda_,
                                     loss_positions=self.loss_positions, head_slots=self.head_slots,
                                     head_capacity=self.head_capacities, gcn_capacity=self.gcn_capacities,
-                                    method="training_losses", rngs={"dropout": rng})
+                                    token_capacity=self.token_capacities, method="training_losses",
+                                    rngs={"dropout": rng})
         loss = terms.pop("loss")
         return loss, (terms, model_state)
 
@@ -902,8 +976,18 @@ class C2DSRTask:
         m = self.model
         d, T = m.embed_dim, m.max_len
         p = supervised_positions(T, self.loss_positions)
-        block = flops_lib.transformer_block(T, d, m.num_heads, d // m.num_heads, d, causal_half=False)
+        hd = d // m.num_heads
+        block = flops_lib.transformer_block(T, d, m.num_heads, hd, d, causal_half=False)
         passes = 3 + (2 if self.lambda_ != 1.0 else 0)
+        if self.token_capacities is not None:  # packed: position-wise work on C / B rows per example
+            attn = flops_lib.attention(T, T, m.num_heads, hd, causal_half=False)
+            pw = lambda rows: flops_lib.transformer_block(rows, d, m.num_heads, hd, d) - flops_lib.attention(  # noqa: E731
+                rows, rows, m.num_heads, hd, causal_half=False)
+            b = max(int(self.cfg.train.batch_size), 1)
+            cm, cx, cy = (c / b for c in self.token_capacities)
+            enc = sum(pw(c) + attn for c in [cm, cx, cy] + ([cm, cm] if self.lambda_ != 1.0 else []))
+        else:
+            enc = passes * block
         if self.head_capacities is None:  # every head at every supervised slot
             heads = flops_lib.dense(p, d, 2 * (self.num_x + 1) + 2 * (self.num_y + 1))
         else:  # C_X (C_Y) compacted rows per batch through the X (Y) head
@@ -916,7 +1000,7 @@ class C2DSRTask:
         if self.gcn_capacities is not None:  # row-restricted GCN: edge capacities (the common, in-capacity branch)
             num_edges = sum(self.gcn_capacities)
         gcn = 2.0 * d * num_edges * m.gnn_layers if m.use_graph else 0.0
-        return flops_lib.training(passes * m.num_blocks * block + heads) + flops_lib.training(gcn) / max(
+        return flops_lib.training(m.num_blocks * enc + heads) + flops_lib.training(gcn) / max(
             int(self.cfg.train.batch_size), 1)
 
 

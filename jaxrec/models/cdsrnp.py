@@ -56,7 +56,9 @@ on the adapted states with the query/support row weights; only the KL term is ad
       * speed options shared with C2DSR (same states and losses): ``task.gcn_rows`` ["all" | "batch"] computes
         the GCN only at the item rows the step's query + support rows reach (``task.gcn_edge_capacity``
         ["auto" | int]; :meth:`C2DSR.row_tables`), ``model.dropout_impl`` ["threefry" | "hash"] the dropout
-        mask generator (:mod:`jaxrec.kernels.dropout`)
+        mask generator (:mod:`jaxrec.kernels.dropout`), ``task.encoder_tokens`` ["all" | "packed"] the encoders'
+        position-wise work on the real tokens only (``task.token_capacity`` ["auto" | int]; capacities for the
+        step's query rows plus its support rows; c2dsr module docstring)
       * infomax (``kernels.losses.bilinear_infomax_loss``) on the un-adapted encoder states, only over
         overlapped query rows (it needs both streams; ``loss_terms``' ``infomax_states`` / ``infomax_rows``);
         ``task.lambda_`` [0.7]
@@ -100,7 +102,8 @@ import numpy as np
 from jaxrec.kernels import attention, losses
 from jaxrec.models.c2dsr import (C2DSR, accumulate_two_views, build_model, device_graphs, eval_protocol,
                                 gcn_row_options, head_capacity, head_slot_counts, load_train_records,
-                                nonoverlap_keep_option, rank_two_views, resolve_gcn_capacities, supervised_positions,
+                                nonoverlap_keep_option, rank_two_views, resolve_gcn_capacities,
+                                resolve_token_capacities, supervised_positions, token_counts, token_options,
                                 take_at, train_protocol, two_domain_sizes, two_view_inputs)
 from jaxrec.registry import register_model, register_task
 
@@ -318,11 +321,12 @@ class CDSRNP(nn.Module):
     def training_losses(self, batch, graphs, *, num_episodes: int = 1, train: bool = True, sample: bool = True,
                         lambda_: float = 0.7, loss_positions: int = 10, support_loss_weight: float = 0.0,
                         kl_weight: float = 1.0, kl_normalise: str = "slots", head_slots: str = "all",
-                        head_capacity=None, gcn_capacity=None):
+                        head_capacity=None, gcn_capacity=None, token_capacity=None):
         """Loss terms (scalars) of one step of ``num_episodes`` episodes. ``batch``: query rows unprefixed
         (C2DSR training keys + ``keep, overlap, last_item, x_last, y_last, has_x, has_y``), support rows
         prefixed ``s_``. ``sample``: reparameterised z (False: posterior mean). ``gcn_capacity``: C2DSR's
-        row-restricted GCN over the step's query + support rows (:meth:`C2DSR.__call__`)."""
+        row-restricted GCN over the step's query + support rows; ``token_capacity``: its packed encoder
+        tokens over the same rows (:meth:`C2DSR.__call__`)."""
         infomax = lambda_ != 1.0
         rq = batch["seq"].shape[0]
         with_support = self.use_np or support_loss_weight > 0
@@ -331,7 +335,8 @@ class CDSRNP(nn.Module):
                     for k in batch if ("s_" + k) in batch}
         else:
             rows = batch
-        st = self.base(rows, graphs, train=train, corrupted=infomax, gcn_capacity=gcn_capacity)
+        st = self.base(rows, graphs, train=train, corrupted=infomax, gcn_capacity=gcn_capacity,
+                       token_capacity=token_capacity)
         if self.use_np:
             feats = self.user_features(st, rows)
             mu_p, lv_p, mu_q, lv_q = self.episode_latents(batch, feats[:rq], feats[rq:], num_episodes)
@@ -466,11 +471,33 @@ class CDSRNPTask:
             raise ConfigError(f"config key 'task.head_slots': expected 'masked' or 'all', got {self.head_slots!r}")
         self.gcn_rows, self.gcn_edge_capacity_mode = gcn_row_options(task, self.model)
         self.gcn_capacities = self._gcn_capacities()
+        self.encoder_tokens, self.token_capacity_mode = token_options(task)
+        self.token_capacities = self._token_capacities()
         self.train_kwargs = dict(num_episodes=self.num_episodes, lambda_=self.lambda_,
                                  loss_positions=self.loss_positions, support_loss_weight=self.support_loss_weight,
                                  kl_weight=self.kl_weight, kl_normalise=self.kl_normalise,
                                  head_slots=self.head_slots, head_capacity=self._head_capacities(batch),
-                                 gcn_capacity=self.gcn_capacities)
+                                 gcn_capacity=self.gcn_capacities, token_capacity=self.token_capacities)
+
+    def _token_capacities(self):
+        """Packed-encoder capacities ``(C_mixed, C_x, C_y)`` (``task.encoder_tokens="packed"``) for one step's
+        rows: C2DSR's :func:`resolve_token_capacities` of the kept rows for the ``batch_size`` queries plus that
+        of the overlapped rows for the ``episodes * support_size`` support rows (when encoded); None for
+        ``"all"``."""
+        a = self.table.arrays
+        counts = token_counts(a, self.num_x + self.num_y)  # the PAD id
+        q = resolve_token_capacities(self.encoder_tokens, self.token_capacity_mode,
+                                     {k: v[a["keep"]] for k, v in counts.items()}, int(self.cfg.train.batch_size),
+                                     float(self.cfg.task.get("head_capacity_sigmas", 4.0)))
+        if q is None or isinstance(self.token_capacity_mode, int):
+            return q
+        if not (self.model.use_np or self.support_loss_weight > 0):
+            return q
+        s = resolve_token_capacities(self.encoder_tokens, self.token_capacity_mode,
+                                     {k: v[self.table.support_rows] for k, v in counts.items()},
+                                     self.num_episodes * self.support_size,
+                                     float(self.cfg.task.get("head_capacity_sigmas", 4.0)))
+        return tuple(a_ + b_ for a_, b_ in zip(q, s))
 
     def _head_capacities(self, batch_size: int):
         """``(C_X, C_Y)`` static row capacities of the masked heads (C2DSR's :func:`head_capacity`: batch mean

@@ -16,8 +16,9 @@ class Dropout(nn.Module):
     """Inverted dropout ``where(keep, x / (1 - rate), 0)``.
 
     Attributes: ``rate``; ``impl`` ["threefry" | "hash"]; ``rng_collection`` ["dropout"].
-    Call: ``(x, deterministic, index=None)``; ``index`` (hash only): flat element indices of ``x`` in a larger
-    virtual array (:func:`jaxrec.kernels.dropout.keep_mask`).
+    Call: ``(x, deterministic, index=None, key=None)``; ``index`` (hash only): flat element indices of ``x`` in a
+    larger virtual array (:func:`jaxrec.kernels.dropout.keep_mask`); ``key``: use this PRNG key instead of
+    drawing one from ``rng_collection``.
     """
 
     rate: float
@@ -30,8 +31,9 @@ class Dropout(nn.Module):
         return self.make_rng(self.rng_collection)
 
     @nn.compact
-    def __call__(self, x, deterministic: bool, index=None):
+    def __call__(self, x, deterministic: bool, index=None, key=None):
         dropout_lib.check_impl(self.impl)
         if deterministic or self.rate == 0.0 or self.rate == 1.0:
             return dropout_lib.dropout(x, self.rate, None, deterministic=deterministic, impl=self.impl)
-        return dropout_lib.dropout(x, self.rate, self.make_rng(self.rng_collection), impl=self.impl, index=index)
+        key = self.make_rng(self.rng_collection) if key is None else key
+        return dropout_lib.dropout(x, self.rate, key, impl=self.impl, index=index)

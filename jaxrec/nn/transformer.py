@@ -67,6 +67,9 @@ __all__ = [
     "FeedForward",
     "TransformerBlock",
     "TransformerStack",
+    "pack_rows",
+    "take_rows",
+    "unpack_rows",
     "sasrec_config",
     "llama_config",
 ]
@@ -224,6 +227,42 @@ class _HeadsOut(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
+# Packed rows (skipping padding tokens in the position-wise work)
+# --------------------------------------------------------------------------------------------------
+
+
+def pack_rows(valid: Array, capacity: int) -> tuple[Array, Array]:
+    """``valid [B, L]`` bool -> ``(index [capacity] int32, count)``: the flat positions ``b * L + l`` of the real
+    tokens in row-major order, then ``B * L`` for the unused capacity rows; ``count`` = number of real tokens
+    (if it exceeds ``capacity`` the index holds only the first ``capacity``; callers check ``count``)."""
+    b, l = valid.shape
+    flat = jnp.asarray(valid, bool).reshape(-1)
+    (index,) = jnp.nonzero(flat, size=int(capacity), fill_value=b * l)
+    return index.astype(jnp.int32), flat.sum()
+
+
+def take_rows(x: Array, index: Array) -> Array:
+    """``x [B, L, ...]`` -> ``[C, ...]``: the rows at flat positions ``index`` (zeros where ``index == B * L``)."""
+    flat = x.reshape((-1,) + x.shape[2:])
+    return jnp.take(flat, index, axis=0, mode="fill", fill_value=0)
+
+
+def unpack_rows(rows: Array, index: Array, layout: tuple[int, int], fill) -> Array:
+    """``rows [C, ...]`` -> ``[B, L, ...]``: ``fill`` (broadcast to one row) everywhere, ``rows`` at the flat
+    positions ``index`` (rows with ``index == B * L`` are dropped). Inverse of :func:`take_rows` on the real
+    tokens."""
+    b, l = layout
+    base = jnp.broadcast_to(jnp.asarray(fill, rows.dtype), (b * l,) + rows.shape[1:])
+    return base.at[index].set(rows, mode="drop", indices_are_sorted=True).reshape((b, l) + rows.shape[1:])
+
+
+def _row_index(index: Array, width: int) -> Array:
+    """Flat element indices ``index * width + col`` (uint32) of packed rows in the unpacked ``[B * L, width]``
+    layout: the hash dropout mask of a packed row equals that of its dense position."""
+    return index.astype(jnp.uint32)[:, None] * jnp.uint32(width) + jnp.arange(width, dtype=jnp.uint32)
+
+
+# --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
 
@@ -280,6 +319,8 @@ class MultiHeadAttention(nn.Module):
         positions_kv: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        packed: tuple | None = None,
+        dropout_rng: Array | None = None,
     ) -> Array:
         """Attend.
 
@@ -296,12 +337,22 @@ class MultiHeadAttention(nn.Module):
           deterministic: disable dropout.
           decode: incremental decoding with the ``"cache"`` collection (see the module docstring). During
             ``init`` the cache is created with ``Lmax = Lq`` and the call runs as a normal forward.
+          packed: ``(index [C], (B, L))``: self-attention over packed rows (:func:`pack_rows`). ``inputs_q`` and
+            ``inputs_kv`` are ``[C, D]``, the real tokens of a ``[B, L]`` layout (``index`` = their flat
+            positions, ``B * L`` for unused capacity rows). The Q/K/V projections and the output projection run
+            on the ``C`` rows only; every other slot of the ``[B, L]`` layout gets the projection of a zero
+            input (the bias), which equals the dense computation when the padding inputs are zero or padding
+            keys are masked (``valid``); returns ``[C, out_features or D]``. Not with ``decode``.
+          dropout_rng: key of the attention-weight dropout (default: drawn from the ``"dropout"`` rng).
 
         Returns:
-          ``[B, Lq, out_features or D]``.
+          ``[B, Lq, out_features or D]`` (``[C, ...]`` when ``packed``).
         """
         if inputs_kv is None:
             inputs_kv = inputs_q
+        if packed is not None and (decode or inputs_kv is not inputs_q and inputs_kv.shape[0] != inputs_q.shape[0]):
+            raise ValueError("MultiHeadAttention(packed=...): packed self-attention only (no decode, same rows for "
+                             "queries and keys)")
         features = self.out_features or inputs_q.shape[-1]
         proj = dict(
             num_heads=self.num_heads,
@@ -313,14 +364,19 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             precision=self.precision,
         )
-        q = _HeadsIn(name="query", **proj)(inputs_q)  # [B, Lq, H, Dh]
-        k = _HeadsIn(name="key", **proj)(inputs_kv)  # [B, Lk, H, Dh]
-        v = _HeadsIn(name="value", **proj)(inputs_kv)  # [B, Lk, H, Dh]
+        projs = [_HeadsIn(name=n, **proj) for n in ("query", "key", "value")]
+        q = projs[0](inputs_q)  # [B, Lq, H, Dh]
+        k = projs[1](inputs_kv)  # [B, Lk, H, Dh]
+        v = projs[2](inputs_kv)  # [B, Lk, H, Dh]
+        if packed is not None:  # [C, H, Dh] -> [B, L, H, Dh], padding slots = projection of a zero input
+            zero = jnp.zeros((1, inputs_q.shape[-1]), inputs_q.dtype)
+            q, k, v = (unpack_rows(t, packed[0], packed[1], f(zero)[0]) for t, f in zip((q, k, v), projs))
         batch, q_len = q.shape[:2]
         kv_len = k.shape[1]
 
-        dropout_rng = None
-        if self.dropout_rate > 0.0 and not deterministic:
+        if self.dropout_rate == 0.0 or deterministic:
+            dropout_rng = None
+        elif dropout_rng is None:
             dropout_rng = self.make_rng("dropout")
         kernel_kwargs = dict(
             dropout_rate=self.dropout_rate,
@@ -365,6 +421,8 @@ class MultiHeadAttention(nn.Module):
                 mask,
             )
             out = attn_kernels.dot_product_attention(q, k, v, full_mask, bias, **kernel_kwargs)
+        if packed is not None:
+            out = take_rows(out, packed[0])  # [C, H, Dh]
 
         return _HeadsOut(
             features=features,
@@ -409,7 +467,11 @@ class FeedForward(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, dropout_index: Array | None = None,
+                 dropout_key: Array | None = None) -> Array:
+        """``dropout_index``: flat element indices of the hidden activations for the hash dropout mask
+        (:class:`jaxrec.nn.dropout.Dropout`), e.g. their positions in the unpacked layout (packed rows);
+        ``dropout_key``: the hidden dropout's key (default: drawn from the ``"dropout"`` rng)."""
         if self.kind not in ("gelu", "relu", "swiglu"):
             raise ValueError(f"FeedForward kind must be 'gelu', 'relu' or 'swiglu', got {self.kind!r}")
         features = self.out_features or x.shape[-1]
@@ -433,7 +495,8 @@ class FeedForward(nn.Module):
             h = jax.nn.gelu(h, approximate=False)
         else:
             h = jax.nn.silu(dense(self.hidden, ("embed", "mlp"), "wi_gate")(x)) * h
-        h = Dropout(self.dropout_rate, impl=self.dropout_impl)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate, impl=self.dropout_impl)(h, deterministic=deterministic, index=dropout_index,
+                                                                  key=dropout_key)
         return dense(features, ("mlp", "embed"), "wo")(h)
 
 
@@ -516,6 +579,8 @@ class TransformerBlock(_BlockFields):
         positions: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        packed: tuple | None = None,
+        dropout_key: Array | None = None,
     ) -> Array:
         """Apply the block.
 
@@ -528,10 +593,20 @@ class TransformerBlock(_BlockFields):
           positions: RoPE positions ``[B, L]`` or ``[L]`` (default ``0..L-1`` / cache offset when decoding).
           deterministic: disable dropout (else needs the ``"dropout"`` rng).
           decode: incremental decoding with the attention KV cache.
+          packed: ``(index [C], (B, L))`` from :func:`pack_rows`: ``x`` is ``[C, D]``, the real tokens of the
+            ``[B, L]`` layout whose validity is ``valid``; norms, projections and the FFN run on the ``C`` rows
+            only, attention in the ``[B, L]`` layout (padding keys / values = projection of a zero input).
+            SASRec-style blocks only (their padding inputs are zero when the caller zeroes them, and
+            ``zero_padding_outputs`` keeps them zero); the hash dropout masks equal the dense ones.
+          dropout_key: derive every dropout key of the block from this key (``fold_in`` 0..3: attention
+            weights, attention output, FFN hidden, FFN output) instead of drawing them from the ``"dropout"``
+            rng (:class:`TransformerStack` uses it so that its packed path and dense fallback draw alike).
 
         Returns:
-          ``[B, L, D]``.
+          ``[B, L, D]`` (``[C, D]`` when ``packed``).
         """
+        if packed is not None and (not self.sasrec_style or decode):
+            raise ValueError("TransformerBlock(packed=...): supported for sasrec_style blocks without decode")
         norm = lambda name: make_norm(self.norm, self.norm_epsilon, self.dtype, self.param_dtype, name=name)
         attention = MultiHeadAttention(
             num_heads=self.num_heads,
@@ -563,6 +638,9 @@ class TransformerBlock(_BlockFields):
         attn_drop = Dropout(self._rate(self.attention_output_dropout_rate), impl=self.dropout_impl)
         ffn_drop = Dropout(self._rate(self.ffn_output_dropout_rate), impl=self.dropout_impl)
         key_valid = valid if self.mask_keys_with_valid else None
+        hash_rows = packed is not None and self.dropout_impl == "hash"
+        out_index = _row_index(packed[0], x.shape[-1]) if hash_rows else None
+        keys = [None] * 4 if dropout_key is None else [jax.random.fold_in(dropout_key, i) for i in range(4)]
 
         def attend(h_q, h_kv=None):
             a = attention(
@@ -575,11 +653,15 @@ class TransformerBlock(_BlockFields):
                 positions_kv=positions,
                 deterministic=deterministic,
                 decode=decode,
+                packed=packed,
+                dropout_rng=keys[0],
             )
-            return attn_drop(a, deterministic=deterministic)
+            return attn_drop(a, deterministic=deterministic, index=out_index, key=keys[1])
 
         def feed(h):
-            return ffn_drop(ffn(h, deterministic=deterministic), deterministic=deterministic)
+            hidden_index = _row_index(packed[0], self.mlp_dim) if hash_rows else None
+            return ffn_drop(ffn(h, deterministic=deterministic, dropout_index=hidden_index, dropout_key=keys[2]),
+                            deterministic=deterministic, index=out_index, key=keys[3])
 
         if self.sasrec_style:
             q = norm("attn_norm")(x)
@@ -592,7 +674,11 @@ class TransformerBlock(_BlockFields):
         else:
             x = norm("attn_norm")(x + attend(x))
             x = norm("ffn_norm")(x + feed(x))
-        if self.zero_padding_outputs and valid is not None:
+        if packed is not None:
+            if self.zero_padding_outputs:  # unused capacity rows
+                b, l = packed[1]
+                x = x * (packed[0] < b * l).astype(x.dtype)[:, None]
+        elif self.zero_padding_outputs and valid is not None:
             x = x * jnp.asarray(valid, x.dtype)[..., None]
         return x
 
@@ -623,17 +709,60 @@ class TransformerStack(_BlockFields):
         positions: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        pack_capacity: int | None = None,
     ) -> Array:
-        """``x [B, L, D] -> [B, L, D]``; arguments as :meth:`TransformerBlock.__call__`."""
+        """``x [B, L, D] -> [B, L, D]``; arguments as :meth:`TransformerBlock.__call__`.
+
+        ``pack_capacity``: skip the padding tokens (``valid == False``) in the position-wise work -- norms,
+        Q/K/V/output projections, FFN -- by packing the real tokens into ``pack_capacity`` rows
+        (:func:`pack_rows`); attention still runs in the ``[B, L]`` layout. A batch with more real tokens than
+        the capacity runs the dense path instead (``flax.linen.cond``; both paths share the parameters). SASRec-
+        style stacks with ``zero_padding_outputs`` only. The padding inputs are taken as zero (``x * valid``,
+        as SASRec and C2DSR feed them); the output equals the dense path's, padding rows included (the final
+        norm of a zero row), up to float rounding. Dropout in this mode: the stack draws one key from the
+        ``"dropout"`` rng and layer ``i`` derives its keys from ``fold_in(key, i)`` (both paths alike); with
+        ``dropout_impl="hash"`` a packed row's masks equal its dense position's, so the packed path equals its
+        dense fallback in training too; ``"threefry"`` draws other masks for the packed rows.
+        """
         cfg = {name: getattr(self, name) for name in _BLOCK_FIELDS}
-        for i in range(self.num_layers):
-            x = TransformerBlock(**cfg, name=f"layer_{i}")(
-                x, valid, causal=causal, mask=mask, positions=positions, deterministic=deterministic, decode=decode
-            )
         final = self.final_norm if self.final_norm is not None else (self.pre_norm or self.sasrec_style)
-        if final:
-            x = make_norm(self.norm, self.norm_epsilon, self.dtype, self.param_dtype, name="final_norm")(x)
-        return x
+        make_final = lambda: make_norm(self.norm, self.norm_epsilon, self.dtype, self.param_dtype,  # noqa: E731
+                                       name="final_norm")
+
+        def dense(mdl, x, valid, mask, positions, key=None):
+            for i in range(self.num_layers):
+                x = TransformerBlock(**cfg, name=f"layer_{i}")(
+                    x, valid, causal=causal, mask=mask, positions=positions, deterministic=deterministic,
+                    decode=decode, dropout_key=None if key is None else jax.random.fold_in(key, i)
+                )
+            return make_final()(x) if final else x
+
+        if pack_capacity is None:
+            return dense(self, x, valid, mask, positions)
+        if valid is None or decode or not (self.sasrec_style and self.zero_padding_outputs):
+            raise ValueError("TransformerStack(pack_capacity=...): needs valid, no decode, and a sasrec_style stack "
+                             "with zero_padding_outputs")
+        b, l, d = x.shape
+        x = x * jnp.asarray(valid, x.dtype)[..., None]
+        index, count = pack_rows(valid, pack_capacity)
+
+        def packed(mdl, x, valid, mask, positions, key=None):
+            h = take_rows(x, index)
+            for i in range(self.num_layers):
+                h = TransformerBlock(**cfg, name=f"layer_{i}")(
+                    h, valid, causal=causal, mask=mask, positions=positions, deterministic=deterministic,
+                    packed=(index, (b, l)), dropout_key=None if key is None else jax.random.fold_in(key, i)
+                )
+            fill = jnp.zeros((d,), h.dtype)
+            if final:
+                norm = make_final()
+                h, fill = norm(h), norm(fill[None])[0]
+            return unpack_rows(h, index, (b, l), fill)
+
+        key = None if deterministic else self.make_rng("dropout")
+        if self.is_initializing():
+            return dense(self, x, valid, mask, positions, key)
+        return nn.cond(count <= pack_capacity, packed, dense, self, x, valid, mask, positions, key)
 
 
 # --------------------------------------------------------------------------------------------------
