@@ -186,7 +186,8 @@ def bench_train(exp, repeats: int, all_repeats: int, variants=tuple(VARIANTS), n
                                      task.head_capacity_sigmas)
     out["real_tokens_per_batch"] = {
         name: {"tokens": B * task.max_len, "capacity": tcaps[i], "mean": round(float(np.mean(tokens[name])), 1),
-               "max": int(np.max(tokens[name])), "batches_over_capacity": int(np.sum(np.array(tokens[name]) > tcaps[i]))}
+               "max": int(np.max(tokens[name])),
+               "batches_over_capacity": int(np.sum(np.array(tokens[name]) > tcaps[i]))}
         for i, name in enumerate(("mixed", "x", "y"))}
     return out
 

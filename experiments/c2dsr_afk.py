@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
-        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto"))
+        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto", encoder_tokens="all"))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(
         seed=2040, batch_size=256, num_epochs=100, num_steps=0, log_every=spe, eval_every=5 * spe,

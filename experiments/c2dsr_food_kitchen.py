@@ -24,7 +24,9 @@ and gradients as ``"all"``); ``task.gcn_rows="batch"`` computes the GCN only at 
 (same states as the whole tables; ``"all"`` = whole tables); ``model.dropout_impl="hash"`` draws every dropout
 mask with the counter hash of :mod:`jaxrec.kernels.dropout` instead of threefry (same rate, different random
 stream). Runs before 2026-11-29 used ``dropout_impl="threefry"`` and ``gcn_rows="all"``; pass those to repeat
-them exactly.
+them exactly. ``--config.task.encoder_tokens=packed`` runs the encoders' position-wise work on the real tokens
+only (same states; its dropout keys are drawn per encoder call, another random stream; off here so that the
+runs in experiments/RESULTS.md repeat exactly).
 
 Test-user groups: ``eval.nonoverlap_view`` also scores every user with the other domain hidden from the history
 (CDSRNP's non-overlapped view, ``nonoverlap/X/...`` etc.; ``--config.eval.nonoverlap_view=false`` to skip it).
@@ -48,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict(dict(
         name="c2dsr", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         drop_policy="kept", graph_lines="all", head_slots="masked", head_capacity="auto",
-        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto"))
+        head_capacity_sigmas=4.0, gcn_rows="batch", gcn_edge_capacity="auto", encoder_tokens="all"))
     c.data = ml_collections.ConfigDict(dict(name="llmcdsr/food_kitchen", cache=True))
     if arg == "c2dsr_vt":  # C2DSR's own files; every one of the 7,356 train lines is kept (measured): 29 steps too
         c.data.name = "c2dsr/food_kitchen_vt"

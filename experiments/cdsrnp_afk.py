@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="cdsrnp", lambda_=0.7, loss_positions=10, corrupt_seed=2040, y_final_strict=True,
         query_size=nq, support_size=ns, exclude_query=True, episode_seed=0, support_loss_weight=0.0,
         kl_weight=1.0, kl_normalise="slots", head_slots="masked", head_capacity_sigmas=4.0,
-        gcn_rows="batch", gcn_edge_capacity="auto",
+        gcn_rows="batch", gcn_edge_capacity="auto", encoder_tokens="all",
         overlap_ratio=ratio, overlap_seed=0))
     c.data = ml_collections.ConfigDict(dict(name="abxi/afk", cache=True))
     c.train = ml_collections.ConfigDict(dict(

@@ -981,8 +981,9 @@ class C2DSRTask:
         passes = 3 + (2 if self.lambda_ != 1.0 else 0)
         if self.token_capacities is not None:  # packed: position-wise work on C / B rows per example
             attn = flops_lib.attention(T, T, m.num_heads, hd, causal_half=False)
-            pw = lambda rows: flops_lib.transformer_block(rows, d, m.num_heads, hd, d) - flops_lib.attention(  # noqa: E731
-                rows, rows, m.num_heads, hd, causal_half=False)
+            def pw(rows):  # position-wise FLOPs of a block on ``rows`` tokens
+                return (flops_lib.transformer_block(rows, d, m.num_heads, hd, d)
+                        - flops_lib.attention(rows, rows, m.num_heads, hd, causal_half=False))
             b = max(int(self.cfg.train.batch_size), 1)
             cm, cx, cy = (c / b for c in self.token_capacities)
             enc = sum(pw(c) + attn for c in [cm, cx, cy] + ([cm, cm] if self.lambda_ != 1.0 else []))
