@@ -759,7 +759,9 @@ class TransformerStack(_BlockFields):
                 h, fill = norm(h), norm(fill[None])[0]
             return unpack_rows(h, index, (b, l), fill)
 
-        key = None if deterministic else self.make_rng("dropout")
+        rates = (self.attention_dropout_rate, self.attention_output_dropout_rate, self.ffn_hidden_dropout_rate,
+                 self.ffn_output_dropout_rate)
+        key = None if deterministic or not any(self._rate(r) > 0 for r in rates) else self.make_rng("dropout")
         if self.is_initializing():
             return dense(self, x, valid, mask, positions, key)
         return nn.cond(count <= pack_capacity, packed, dense, self, x, valid, mask, positions, key)
