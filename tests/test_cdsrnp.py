@@ -449,6 +449,21 @@ def test_experiment_configs(name, arg):
         assert c.model.embed_dim == 256 and c.model.max_len in (15, 50) and c.optimizer.b2 == 0.98
 
 
+def _training_losses(engine, task, records):
+    """``run(**overrides)``: the task's training losses on one fixed batch (training mode, fixed rngs) with some
+    ``train_kwargs`` replaced."""
+    params = jax.device_get(engine["state"].params)
+    tb = train_batch(task, records, offset=3)
+    rngs = {"dropout": jax.random.PRNGKey(1), "latent": jax.random.PRNGKey(2)}
+
+    def run(**overrides):
+        kw = dict(task.train_kwargs, **overrides)
+        return jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=True, sample=True,
+                                                     method="training_losses", rngs=rngs, **kw))(params, tb)
+
+    return run
+
+
 def test_row_restricted_gcn_and_hash_dropout_keep_the_losses(engine):
     """``task.gcn_rows="batch"`` (C2DSR's row-restricted GCN over the query + support rows; auto capacity and a
     tiny one that takes the full fallback) gives the whole-table losses, in training mode with hash dropout."""
@@ -457,18 +472,10 @@ def test_row_restricted_gcn_and_hash_dropout_keep_the_losses(engine):
     cfg.task.gcn_rows = "batch"
     task = np_lib.CDSRNPTask(cfg, synthetic_info(), train_records=records)
     assert task.gcn_capacities is not None and task.train_kwargs["gcn_capacity"] == task.gcn_capacities
-    params = jax.device_get(engine["state"].params)
-    tb = train_batch(task, records, offset=3)
-    rngs = {"dropout": jax.random.PRNGKey(1), "latent": jax.random.PRNGKey(2)}
-
-    def run(cap):
-        kw = dict(task.train_kwargs, gcn_capacity=cap)
-        return jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=True, sample=True,
-                                                     method="training_losses", rngs=rngs, **kw))(params, tb)
-
-    ref = run(None)
+    run = _training_losses(engine, task, records)
+    ref = run(gcn_capacity=None)
     for cap in (task.gcn_capacities, (4, 4, 4)):
-        got = run(cap)
+        got = run(gcn_capacity=cap)
         for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} {cap}")
 
@@ -484,15 +491,7 @@ def test_packed_encoder_tokens_keep_the_losses(engine):
     assert caps is not None and task.train_kwargs["token_capacity"] == caps
     rows = int(cfg.train.batch_size) + task.num_episodes * task.support_size
     assert all(0 < c <= rows * task.max_len for c in caps)
-    params = jax.device_get(engine["state"].params)
-    tb = train_batch(task, records, offset=3)
-    rngs = {"dropout": jax.random.PRNGKey(1), "latent": jax.random.PRNGKey(2)}
-
-    def run(cap):
-        kw = dict(task.train_kwargs, token_capacity=cap)
-        return jax.jit(lambda p, b: task.model.apply({"params": p}, b, task.graphs(), train=True, sample=True,
-                                                     method="training_losses", rngs=rngs, **kw))(params, tb)
-
-    got, ref = run(caps), run((1, 1, 1))
+    run = _training_losses(engine, task, records)
+    got, ref = run(token_capacity=caps), run(token_capacity=(1, 1, 1))
     for k in ("loss_sx", "loss_sy", "loss_x", "loss_y", "loss"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
