@@ -350,7 +350,7 @@ class MultiHeadAttention(nn.Module):
         """
         if inputs_kv is None:
             inputs_kv = inputs_q
-        if packed is not None and (decode or inputs_kv is not inputs_q and inputs_kv.shape[0] != inputs_q.shape[0]):
+        if packed is not None and (decode or inputs_kv.shape[0] != inputs_q.shape[0]):
             raise ValueError("MultiHeadAttention(packed=...): packed self-attention only (no decode, same rows for "
                              "queries and keys)")
         features = self.out_features or inputs_q.shape[-1]
