@@ -621,14 +621,20 @@ def token_counts(arrays, pad_id: int) -> dict:
 def token_options(task) -> tuple:
     """``(encoder_tokens, token_capacity)`` from the ``task`` config (C2DSR and CDSRNP tasks):
     ``task.encoder_tokens`` ["all" | "packed"], ``task.token_capacity`` ["auto" | positive int]."""
+    return _mode_and_capacity(task, "encoder_tokens", ("all", "packed"), "token_capacity")
+
+
+def _mode_and_capacity(task, mode_key: str, modes: tuple, cap_key: str) -> tuple:
+    """``(task[mode_key], task[cap_key])`` validated: the mode one of ``modes`` (default the first), the capacity
+    ``"auto"`` (default) or a positive int; a ``ConfigError`` naming the key otherwise."""
     from jaxrec.config import ConfigError
 
-    mode = task.get("encoder_tokens", "all")
-    if mode not in ("all", "packed"):
-        raise ConfigError(f"config key 'task.encoder_tokens': expected 'all' or 'packed', got {mode!r}")
-    cap = task.get("token_capacity", "auto")
+    mode = task.get(mode_key, modes[0])
+    if mode not in modes:
+        raise ConfigError(f"config key 'task.{mode_key}': expected {' or '.join(map(repr, modes))}, got {mode!r}")
+    cap = task.get(cap_key, "auto")
     if not (cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0)):
-        raise ConfigError(f"config key 'task.token_capacity': expected 'auto' or a positive int, got {cap!r}")
+        raise ConfigError(f"config key 'task.{cap_key}': expected 'auto' or a positive int, got {cap!r}")
     return mode, cap
 
 
@@ -735,12 +741,7 @@ def gcn_row_options(task, model) -> tuple:
     ``task.gcn_edge_capacity`` ["auto" | positive int]; also checks ``model.dropout_impl``."""
     from jaxrec.config import ConfigError
 
-    rows = task.get("gcn_rows", "all")
-    if rows not in ("all", "batch"):
-        raise ConfigError(f"config key 'task.gcn_rows': expected 'all' or 'batch', got {rows!r}")
-    cap = task.get("gcn_edge_capacity", "auto")
-    if not (cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0)):
-        raise ConfigError(f"config key 'task.gcn_edge_capacity': expected 'auto' or a positive int, got {cap!r}")
+    rows, cap = _mode_and_capacity(task, "gcn_rows", ("all", "batch"), "gcn_edge_capacity")
     if rows == "batch" and model.use_graph and int(model.gnn_layers) != 1:
         raise ConfigError(f"config key 'task.gcn_rows': 'batch' supports model.gnn_layers = 1, got {model.gnn_layers}")
     if model.dropout_impl not in dropout_lib.IMPLS:
